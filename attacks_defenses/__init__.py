@@ -1,0 +1,1 @@
+"""Built-in countermeasures, one per file; each is registered in pyproject.toml's entry points."""

@@ -1,0 +1,109 @@
+"""``emax``: error-maximizing (adversarial) noise against a source model trained on clean data.
+
+Sample-wise: PGD-20 (torchattacks) on every training image.  Class-wise: one universal
+perturbation per class, crafted by sign-gradient *ascent* on a stratified 20% subset
+(Section 4, following the universal-attack procedure).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+import torchattacks
+
+from uebench.data import ImageData, stratified_indices, to_float
+from uebench.method import CraftContext, Method, check_eps, check_fraction
+from uebench.poison import Poison
+from uebench.training import autocast, train
+
+
+class ErrorMaximizing(Method):
+    """Adversarial noise, sample-wise or class-wise (universal per class)."""
+
+    uses_victim_training = True
+
+    def __init__(
+        self,
+        *,
+        form: Literal["sample", "class"] = "sample",
+        eps: float = 8 / 255,
+        steps: int = 20,
+        alpha: float | None = None,
+        subset: float | None = None,
+        source: str = "resnet18",
+        source_epochs: int | None = None,
+        batch_size: int = 256,
+        seed: int = 0,
+    ) -> None:
+        self.form = form
+        self.eps = check_eps(eps)
+        self.steps = steps
+        self.alpha = alpha if alpha is not None else eps / 10
+        self.subset = check_fraction(
+            "subset", subset if subset is not None else (1.0 if form == "sample" else 0.2)
+        )
+        self.source = source
+        self.source_epochs = source_epochs
+        self.batch_size = batch_size
+        self.seed = seed
+
+    def craft(self, data: ImageData, ctx: CraftContext) -> Poison:
+        started = time.perf_counter()
+        torch.manual_seed(self.seed)
+        generator = torch.Generator().manual_seed(self.seed)
+        model = ctx.build_model(self.source, data)
+        epochs = self.source_epochs or ctx.train_config.epochs
+        train(
+            model,
+            data.x_train,
+            data.y_train,
+            replace(ctx.train_config, epochs=epochs),
+            ctx.device,
+            generator=generator,
+        )
+        model.eval()
+        crafting = stratified_indices(
+            data.y_train, round(self.subset * len(data.y_train)), self.seed
+        )
+        x = to_float(data.x_train[crafting].to(ctx.device))
+        y = data.y_train[crafting].to(ctx.device)
+        if self.form == "sample":
+            bank = torch.zeros(len(data.y_train), *data.image_shape)
+            bank[crafting] = self._samplewise(model, x, y, ctx).cpu()
+            rows = torch.arange(len(data.y_train))
+        else:
+            bank, rows = self._classwise(model, x, y, data.num_classes, ctx).cpu(), data.y_train
+        meta = {
+            "form": self.form,
+            "source_epochs": epochs,
+            "craft_seconds": time.perf_counter() - started,
+        }
+        return Poison(bank.clamp(-self.eps, self.eps), rows, self.eps, meta)
+
+    def _samplewise(self, model, x, y, ctx: CraftContext) -> torch.Tensor:
+        attack = torchattacks.PGD(
+            model, eps=self.eps, alpha=self.alpha, steps=self.steps, random_start=True
+        )
+        delta = torch.empty_like(x)
+        bar = ctx.bar(len(x), "emax:sample")
+        for index in torch.arange(len(x), device=x.device).split(self.batch_size):
+            delta[index] = attack(x[index], y[index]) - x[index]
+            bar.update(len(index))
+        bar.close()
+        return delta
+
+    def _classwise(self, model, x, y, num_classes: int, ctx: CraftContext) -> torch.Tensor:
+        delta = torch.zeros(num_classes, *x.shape[1:], device=x.device)
+        for _ in ctx.track(range(self.steps), "emax:class"):
+            for index in torch.arange(len(x), device=x.device).split(self.batch_size):
+                shared = delta.clone().requires_grad_(True)
+                with autocast(x.device):
+                    logits = model((x[index] + shared[y[index]]).clamp(0, 1))
+                    loss = F.cross_entropy(logits.float(), y[index])
+                (grad,) = torch.autograd.grad(loss, shared)
+                delta = (delta + self.alpha * grad.sign()).clamp_(-self.eps, self.eps)
+        return delta

@@ -1,0 +1,155 @@
+"""The grid runner and CLI: records, results.csv, resume after a kill, config files, errors."""
+
+import json
+
+import pandas as pd
+import pytest
+
+import uebench.runner as runner
+from uebench.cli import main
+from uebench.errors import UebenchError
+from uebench.runner import GridConfig, run_grid
+
+TINY = {
+    "dataset": "digits:size=8",
+    "archs": ["smallcnn:width=4"],
+    "epochs": 1,
+    "train_size": 200,
+    "test_size": 100,
+    "progress": False,
+    "device": "cpu",
+}
+
+
+def test_grid_writes_records_and_csv(tmp_path):
+    table = run_grid(
+        GridConfig(
+            methods=["clean", "random:form=class"], seeds=[0, 1], out=str(tmp_path / "g"), **TINY
+        )
+    )
+    assert len(table) == 4
+    csv = pd.read_csv(tmp_path / "g" / "results.csv")
+    for column in (
+        "dataset",
+        "method",
+        "defense",
+        "arch",
+        "seed",
+        "epochs",
+        "final_acc",
+        "best_acc",
+    ):
+        assert column in csv.columns
+    assert set(csv["method"]) == {"clean", "random:form=class"}  # the spec as written
+    record = json.loads(next((tmp_path / "g" / "cells").glob("*.json")).read_text())
+    for key in (
+        "config",
+        "seed",
+        "code_version",
+        "poison_hash",
+        "history",
+        "confusion_matrix",
+        "per_class_acc",
+        "wall_time_s",
+    ):
+        assert key in record
+    assert len(record["history"]) == 1
+    assert sum(map(sum, record["confusion_matrix"])) == 100
+
+
+def test_killed_grid_resumes_without_recomputing(tmp_path, monkeypatch):
+    config = GridConfig(methods=["clean", "random"], out=str(tmp_path / "g"), **TINY)
+    real_run_cell = runner.run_cell
+    calls = []
+
+    def dies_on_second(cell, progress=True):
+        calls.append(cell.method)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_run_cell(cell, progress)
+
+    monkeypatch.setattr(runner, "run_cell", dies_on_second)
+    with pytest.raises(KeyboardInterrupt):
+        run_grid(config)
+    assert len(list((tmp_path / "g" / "cells").glob("*.json"))) == 1
+
+    calls.clear()
+    monkeypatch.setattr(
+        runner,
+        "run_cell",
+        lambda cell, progress=True: (calls.append(cell.method), real_run_cell(cell, progress))[1],
+    )
+    table = run_grid(config)
+    assert calls == ["random"] and len(table) == 2
+    calls.clear()
+    run_grid(config)
+    assert calls == []  # nothing left to do
+    assert len(list((tmp_path / "g" / "cells").glob("*.json"))) == 2
+
+
+def test_same_config_same_cell_and_same_poison(tmp_path):
+    a = GridConfig(methods=["random"], out=str(tmp_path / "a"), **TINY)
+    b = GridConfig(methods=["random:form=sample:seed=0"], out=str(tmp_path / "b"), **TINY)
+    assert a.cells()[0].cell_id == b.cells()[0].cell_id
+    ta, tb = run_grid(a), run_grid(b)
+    assert ta["poison_hash"][0] == tb["poison_hash"][0]
+
+
+def test_config_file_and_flags_override(tmp_path, capsys):
+    config = tmp_path / "grid.toml"
+    config.write_text(
+        'dataset = "digits:size=8"\nmethods = ["clean", "random"]\narchs = "smallcnn:width=4"\n'
+        "epochs = 1\ntrain_size = 200\ntest_size = 100\n"
+    )
+    out = tmp_path / "out"
+    assert (
+        main(
+            [
+                "run",
+                "--config",
+                str(config),
+                "--methods",
+                "clean",
+                "--out",
+                str(out),
+                "--no-progress",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
+    assert list(pd.read_csv(out / "results.csv")["method"]) == ["clean"]
+    assert "clean" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("argv", "fragment"),
+    [
+        (["run", "--methods", "emni"], "unknown method 'emni'; valid: clean"),
+        (["run", "--defenses", "cutmixx"], "unknown countermeasure 'cutmixx'; valid: none"),
+        (["run", "--archs", "resnet18:depth=3"], "has no option 'depth'; valid: width, stem"),
+        (["run", "--dataset", "cifar10", "--data-root", "/nonexistent"], "--data-root"),
+        (["run", "--methods", "random:eps=8"], "did you mean 8/255"),
+        (["run", "--seeds", "a,b"], "bad seeds"),
+    ],
+)
+def test_cli_errors_are_one_line(tmp_path, capsys, argv, fragment):
+    assert main([*argv, "--out", str(tmp_path / "o"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert fragment in err and "\n" not in err and "Traceback" not in err
+
+
+def test_bad_config_key_is_rejected(tmp_path):
+    with pytest.raises(UebenchError, match="unknown config key 'method'"):
+        GridConfig.from_dict({"method": "emin"})
+    bad = tmp_path / "bad.toml"
+    bad.write_text("methods = [")
+    assert main(["run", "--config", str(bad)]) == 2
+
+
+def test_list_shows_every_registry(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    for word in ("methods:", "emin", "defenses:", "archs:", "resnet18", "datasets:", "cifar10"):
+        assert word in out

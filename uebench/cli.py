@@ -1,0 +1,127 @@
+"""``uebench`` command line: ``run`` a grid, ``list`` the registered plugins."""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import sys
+from pathlib import Path
+from typing import Any
+
+import tomllib
+
+from uebench.errors import UebenchError
+from uebench.registry import REGISTRIES
+
+_RUN_FLAGS = {
+    "dataset": "dataset spec (default: digits, embedded, offline)",
+    "data_root": "folder holding the dataset files",
+    "methods": "comma-separated method specs, e.g. clean,emin,emin:form=class",
+    "defenses": "comma-separated countermeasure specs, e.g. none,cutmix+earlystop",
+    "archs": "comma-separated architecture specs, e.g. resnet18:width=16",
+    "seeds": "victim training seeds, e.g. 0,1,2 or 0-4",
+    "epochs": "training epochs (default: the paper's for the dataset)",
+    "batch_size": "training batch size (default 128)",
+    "lr": "initial learning rate (default 0.025, the paper's; its code uses 0.1)",
+    "train_size": "stratified subset of the training set",
+    "test_size": "stratified subset of the test set",
+    "device": "auto, cpu or cuda[:N] (default auto)",
+    "out": "results folder (default runs/default)",
+    "cache_dir": "poison cache folder (default: cache/ beside the results folder)",
+}
+_INT_FLAGS = {"epochs", "batch_size", "train_size", "test_size"}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="uebench", description="Benchmark unlearnable-example methods against countermeasures."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="run a method × countermeasure × arch × seed grid")
+    run.add_argument("--config", help="TOML or YAML file with the same keys; flags override it")
+    for name, text in _RUN_FLAGS.items():
+        kind = int if name in _INT_FLAGS else float if name == "lr" else str
+        run.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, help=text)
+    run.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    listing = commands.add_parser("list", help="list registered plugins and their options")
+    listing.add_argument("kind", nargs="?", choices=sorted(REGISTRIES), help="which registry")
+    return parser
+
+
+def read_config_file(path: str) -> dict[str, Any]:
+    """A grid config from TOML (``.toml``) or YAML (``.yaml``/``.yml``)."""
+    file = Path(path)
+    try:
+        text = file.read_text()
+    except OSError as error:
+        raise UebenchError(f"cannot read config {path}: {error.strerror}") from None
+    try:
+        if file.suffix == ".toml":
+            values = tomllib.loads(text)
+        elif file.suffix in {".yaml", ".yml"}:
+            import yaml
+
+            values = yaml.safe_load(text) or {}
+        else:
+            raise UebenchError(f"config {path} must end in .toml, .yaml or .yml")
+    except (tomllib.TOMLDecodeError, ValueError) as error:
+        raise UebenchError(f"config {path} is not valid: {str(error).splitlines()[0]}") from None
+    except Exception as error:  # yaml's errors are many classes; all mean a malformed file
+        if isinstance(error, UebenchError):
+            raise
+        raise UebenchError(f"config {path} is not valid: {str(error).splitlines()[0]}") from None
+    if not isinstance(values, dict):
+        raise UebenchError(f"config {path} must be a mapping of keys to values")
+    return values.get("run", values) if isinstance(values.get("run"), dict) else values
+
+
+def _run(args: argparse.Namespace) -> None:
+    from uebench.runner import GridConfig, run_grid, summary
+
+    values = read_config_file(args.config) if args.config else {}
+    values.update({k: v for k, v in vars(args).items() if k in _RUN_FLAGS and v is not None})
+    if args.no_progress:
+        values["progress"] = False
+    config = GridConfig.from_dict(values)
+    table = run_grid(config)
+    print(f"\nclean test accuracy (%), final epoch; results in {Path(config.out) / 'results.csv'}")
+    print(summary(table))
+
+
+def _list(kind: str | None) -> None:
+    for name in [kind] if kind else sorted(REGISTRIES):
+        registry = REGISTRIES[name]
+        print(f"{name}:")
+        for plugin in registry.names():
+            factory = registry.get(plugin)
+            doc = (inspect.getdoc(factory) or "").splitlines()
+            options = ", ".join(
+                f"{p.name}={p.default!r}" for p in registry.options(plugin).values()
+            )
+            print(f"  {plugin:16s} {doc[0] if doc else ''}")
+            if options:
+                print(f"  {'':16s} options: {options}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``uebench`` command; user errors print one line and exit 2."""
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            _run(args)
+        else:
+            _list(args.kind)
+    except UebenchError as error:
+        print(f"uebench: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(
+            "uebench: interrupted; finished cells are saved, rerun the command to resume",
+            file=sys.stderr,
+        )
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

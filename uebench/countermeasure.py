@@ -1,0 +1,114 @@
+"""The countermeasure contract: optional hooks at the dataset, batch, step and selection level.
+
+Every hook is a no-op by default, so a plugin overrides only what it changes:
+
+* :meth:`Countermeasure.prepare` — dataset level, before training (partial poisoning, JPEG, ...).
+* :meth:`Countermeasure.augment` — batch level, float images on the device (cutout, mixup, ...).
+* :meth:`Countermeasure.perturb` — training-step level, with the model (adversarial training).
+* :meth:`Countermeasure.select` — which epoch is reported (early stopping).
+
+``cutmix+earlystop`` composes plugins left to right (:class:`Composed`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from uebench.errors import UebenchError
+
+
+@dataclass
+class TrainSet:
+    """What the attacker trains on, with the clean originals kept for bookkeeping."""
+
+    x: torch.Tensor  # uint8 N×C×H×W, poisoned where ``poisoned`` is True
+    y: torch.Tensor
+    clean_x: torch.Tensor
+    poisoned: torch.Tensor  # bool N
+    x_val: torch.Tensor | None = None  # held-out clean validation images, if a plugin asks
+    y_val: torch.Tensor | None = None
+    notes: dict[str, Any] = field(default_factory=dict)  # copied into the cell's record
+
+
+@dataclass
+class EpochStats:
+    """One epoch of training: losses and accuracies in percent."""
+
+    epoch: int
+    train_loss: float
+    train_acc: float
+    test_acc: float
+    val_acc: float | None = None
+    seconds: float = 0.0
+
+
+class Countermeasure:
+    """Base class: standard training.  Override the hooks a countermeasure changes."""
+
+    def prepare(self, train: TrainSet, generator: torch.Generator) -> TrainSet:
+        """Transform the training set once, before training."""
+        return train
+
+    def augment(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Transform a float batch in [0, 1]; ``y`` may become soft labels (N×K probabilities)."""
+        return x, y
+
+    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Replace the inputs of a training step using the current model."""
+        return x
+
+    def select(self, history: list[EpochStats]) -> int:
+        """Index into ``history`` of the epoch whose accuracy is reported."""
+        return len(history) - 1
+
+    def overrides(self, hook: str) -> bool:
+        return getattr(type(self), hook) is not getattr(Countermeasure, hook)
+
+
+class Composed(Countermeasure):
+    """Several countermeasures applied in the order written; one ``perturb``/``select`` each."""
+
+    def __init__(self, parts: list[Countermeasure]) -> None:
+        self.parts = parts
+        for hook in ("perturb", "select"):
+            owners = [p for p in parts if p.overrides(hook)]
+            if len(owners) > 1:
+                names = ", ".join(type(p).__name__ for p in owners)
+                raise UebenchError(f"cannot compose {names}: each replaces the {hook} hook")
+
+    def prepare(self, train: TrainSet, generator: torch.Generator) -> TrainSet:
+        for part in self.parts:
+            train = part.prepare(train, generator)
+        return train
+
+    def augment(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        for part in self.parts:
+            x, y = part.augment(x, y)
+        return x, y
+
+    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        for part in self.parts:
+            if part.overrides("perturb"):
+                return part.perturb(model, x, y)
+        return x
+
+    def select(self, history: list[EpochStats]) -> int:
+        for part in self.parts:
+            if part.overrides("select"):
+                return part.select(history)
+        return len(history) - 1
+
+    def overrides(self, hook: str) -> bool:
+        return any(part.overrides(hook) for part in self.parts)
+
+
+def build_countermeasure(text: str) -> Countermeasure:
+    """``none``, ``cutmix`` or ``cutmix+earlystop:...`` into one countermeasure object."""
+    from uebench.registry import DEFENSES
+
+    parts = [DEFENSES.build(piece) for piece in text.split("+")]
+    return parts[0] if len(parts) == 1 else Composed(parts)

@@ -1,0 +1,155 @@
+"""The in-memory image set every part of uebench shares, and the operations on it.
+
+Images stay ``uint8`` NCHW (what a published image is) until a batch is on the device; noise is
+added in float and the result rounded back to 8 bits (:func:`add_noise_uint8`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+
+from uebench.errors import UebenchError
+
+
+@dataclass(frozen=True)
+class ImageData:
+    """A labelled train/test image set: uint8 NCHW images, int64 labels, class names."""
+
+    name: str
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    classes: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        for split in ("train", "test"):
+            x, y = getattr(self, f"x_{split}"), getattr(self, f"y_{split}")
+            if x.dtype != torch.uint8 or x.dim() != 4:
+                raise UebenchError(
+                    f"dataset {self.name!r}: {split} images must be uint8 NCHW, "
+                    f"got {x.dtype} {tuple(x.shape)}"
+                )
+            if y.dim() != 1 or len(y) != len(x):
+                raise UebenchError(
+                    f"dataset {self.name!r}: {len(x)} {split} images but labels of shape "
+                    f"{tuple(y.shape)}"
+                )
+            if len(y) and (int(y.min()) < 0 or int(y.max()) >= len(self.classes)):
+                raise UebenchError(
+                    f"dataset {self.name!r}: {split} labels outside 0..{len(self.classes) - 1}"
+                )
+        if self.x_train.shape[1:] != self.x_test.shape[1:]:
+            raise UebenchError(
+                f"dataset {self.name!r}: train images {tuple(self.x_train.shape[1:])} and test "
+                f"images {tuple(self.x_test.shape[1:])} differ in shape"
+            )
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.x_train.shape[1:])  # type: ignore[return-value]
+
+    def fingerprint(self) -> str:
+        """A hash of the training images and labels: what a poison is crafted from."""
+        digest = hashlib.sha256()
+        for tensor in (self.x_train, self.y_train):
+            digest.update(tensor.contiguous().numpy().tobytes())
+        return digest.hexdigest()[:16]
+
+    def subset(self, train_size: int | None, test_size: int | None, seed: int = 0) -> ImageData:
+        """Stratified, seeded subsets of the train and test splits (None keeps a split whole)."""
+        x_train, y_train, x_test, y_test = self.x_train, self.y_train, self.x_test, self.y_test
+        if train_size is not None:
+            keep = stratified_indices(y_train, train_size, seed)
+            x_train, y_train = x_train[keep], y_train[keep]
+        if test_size is not None:
+            keep = stratified_indices(y_test, test_size, seed + 1)
+            x_test, y_test = x_test[keep], y_test[keep]
+        return replace(self, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+
+
+def from_numpy_nhwc(
+    name: str,
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_test: np.ndarray,
+    y_test: np.ndarray,
+    classes: tuple[str, ...] | list[str] | None = None,
+) -> ImageData:
+    """Build an :class:`ImageData` from uint8 NHWC (or NHW grayscale) numpy arrays."""
+
+    def images(array: np.ndarray, split: str) -> torch.Tensor:
+        array = np.asarray(array)
+        if array.dtype != np.uint8:
+            raise UebenchError(f"dataset {name!r}: {split} images must be uint8, got {array.dtype}")
+        if array.ndim == 3:
+            array = array[..., None]
+        if array.ndim != 4:
+            raise UebenchError(
+                f"dataset {name!r}: {split} images must be NHWC, got shape {array.shape}"
+            )
+        return torch.from_numpy(np.ascontiguousarray(array.transpose(0, 3, 1, 2)))
+
+    def labels(array: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.asarray(array).astype(np.int64).reshape(-1))
+
+    y_tr, y_te = labels(y_train), labels(y_test)
+    if classes is None:
+        count = int(max(y_tr.max(), y_te.max())) + 1 if len(y_tr) else 0
+        classes = tuple(str(i) for i in range(count))
+    return ImageData(
+        name,
+        images(x_train, "train"),
+        y_tr,
+        images(x_test, "test"),
+        y_te,
+        tuple(classes),
+    )
+
+
+def stratified_indices(labels: torch.Tensor, size: int, seed: int) -> torch.Tensor:
+    """``size`` indices with class proportions kept, chosen with a seeded generator, sorted."""
+    n = len(labels)
+    if not 0 < size <= n:
+        raise UebenchError(f"subset size {size} must be between 1 and {n}")
+    if size == n:
+        return torch.arange(n)
+    generator = torch.Generator().manual_seed(seed)
+    classes, counts = torch.unique(labels, return_counts=True)
+    # Largest-remainder allocation keeps the total exact and each class proportional.
+    exact = counts.double() * size / n
+    quota = exact.floor().long()
+    remainder = size - int(quota.sum())
+    if remainder:
+        quota[torch.argsort(exact - quota, descending=True)[:remainder]] += 1
+    chosen = []
+    for cls, take in zip(classes.tolist(), quota.tolist(), strict=True):
+        members = torch.nonzero(labels == cls).flatten()
+        chosen.append(members[torch.randperm(len(members), generator=generator)[:take]])
+    return torch.sort(torch.cat(chosen)).values
+
+
+def add_noise_uint8(x: torch.Tensor, delta: torch.Tensor, eps: float | None = None) -> torch.Tensor:
+    """``x + delta`` as a published image: clipped to [0, 1] and rounded to 8 bits.
+
+    ``x`` is uint8, ``delta`` float in [0, 1] units (negative values kept: dropping them is a
+    known bug of the reference code).  With ``eps`` the rounding never leaves the ε-ball.
+    """
+    noisy = (x.float() + delta.float() * 255.0).round().clamp(0, 255)
+    if eps is not None:
+        budget = float(np.floor(eps * 255.0 + 1e-4))
+        noisy = torch.minimum(torch.maximum(noisy, x.float() - budget), x.float() + budget)
+    return noisy.to(torch.uint8)
+
+
+def to_float(x: torch.Tensor) -> torch.Tensor:
+    """uint8 images to float in [0, 1] (on whatever device ``x`` is)."""
+    return x.float().div_(255.0)

@@ -1,0 +1,338 @@
+"""Built-in dataset plugins (entry-point group ``uebench.datasets``) and :func:`load_dataset`.
+
+Every loader is ``NAME(root, *, options) -> ImageData``: ``root`` is the user's ``--data-root``
+(may be None), the keyword-only parameters are the options of a spec such as ``npz:data/x.npz``
+or ``cifar10:download=true``.  Anything wrong with the user's files becomes a one-line
+:class:`UebenchError`.  torchvision is imported inside the loaders that need it: importing it
+costs seconds that ``digits`` and ``npz`` users should not pay.
+"""
+
+from __future__ import annotations
+
+import zipfile
+import zlib
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from uebench.data import ImageData, from_numpy_nhwc, stratified_indices
+from uebench.errors import UebenchError
+from uebench.registry import DATASETS
+
+DEFAULT_ROOT = "~/.cache/uebench/data"
+CIFAR10_CLASSES = (
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+)
+DIGIT_CLASSES = tuple(str(i) for i in range(10))
+_NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
+_KEY_LIST = ", ".join(_NPZ_KEYS)
+# What a truncated, corrupt or foreign file can raise while numpy reads it.
+_NPZ_ERRORS = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error)
+
+
+def _one_line(error: BaseException) -> str:
+    # Third-party messages may span lines; the CLI prints ours as a single line.
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def _root(root: str | None) -> Path:
+    return Path(root or DEFAULT_ROOT).expanduser()
+
+
+# --------------------------------------------------------------------------- embedded default
+
+
+def digits(root: str | None, *, size: int = 16) -> ImageData:
+    """scikit-learn's 8x8 handwritten digits (ships with sklearn, works offline), 1 channel.
+
+    Pixel values 0..16 are scaled to 0..255, then resized to ``size``x``size`` (bilinear,
+    antialiased) unless ``size`` is 8.  A fixed stratified 80/20 split makes train and test.
+    """
+    from sklearn.datasets import load_digits
+
+    if size < 1:
+        raise UebenchError(f"digits: size must be a positive integer, got {size}")
+    bunch = load_digits()
+    x = torch.from_numpy(np.rint(bunch.images * (255.0 / 16.0)).astype(np.uint8))[:, None]
+    if size != 8:
+        x = torch.nn.functional.interpolate(
+            x.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False
+        )
+        x = x.round().clamp(0, 255).to(torch.uint8)
+    y = torch.from_numpy(bunch.target.astype(np.int64))
+    # A fixed seed: the split is part of the dataset, not of an experiment's randomness.
+    test = torch.zeros(len(y), dtype=torch.bool)
+    test[stratified_indices(y, round(0.2 * len(y)), seed=0)] = True
+    return ImageData("digits", x[~test], y[~test], x[test], y[test], DIGIT_CLASSES)
+
+
+# --------------------------------------------------------------------------- npz files
+
+
+def _read_npz(path: Path, name: str, classes: Sequence[str] | None = None) -> ImageData:
+    """Read an archive with x_train, y_train, x_test, y_test (and optional ``classes``)."""
+    try:
+        with path.open("rb") as file:
+            magic = file.read(6)
+        # numpy takes anything neither zip nor .npy for a pickle, and its error then suggests
+        # loading it unsafely: say what is wrong instead.  allow_pickle=False: no file runs code.
+        if not magic.startswith((b"PK\x03\x04", b"\x93NUMPY")):
+            raise ValueError("neither a zip nor a .npy file")
+        archive = np.load(path, allow_pickle=False)
+    except _NPZ_ERRORS as error:
+        raise UebenchError(f"cannot read {path} as an .npz archive: {_one_line(error)}") from None
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise UebenchError(f"{path} holds a single array, not an .npz archive of {_KEY_LIST}")
+    with archive:
+        missing = [key for key in _NPZ_KEYS if key not in archive.files]
+        if missing:
+            raise UebenchError(
+                f"{path} lacks key(s) {', '.join(missing)}; expected {_KEY_LIST} "
+                "(and optionally classes)"
+            )
+        arrays = {}
+        for key in (*_NPZ_KEYS, "classes"):
+            if key not in archive.files:
+                continue
+            try:  # members are read lazily: corruption (or pickled objects) shows up here
+                arrays[key] = archive[key]
+            except _NPZ_ERRORS as error:
+                raise UebenchError(f"{path}: cannot read {key}: {_one_line(error)}") from None
+    for split in ("train", "test"):
+        x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
+        if x.dtype != np.uint8 or not (x.ndim == 3 or (x.ndim == 4 and x.shape[-1] in (1, 3))):
+            raise UebenchError(
+                f"{path}: x_{split} must be uint8 of shape (N, H, W, 1 or 3) or (N, H, W), "
+                f"got {x.dtype} {x.shape}"
+            )
+        if y.dtype.kind not in "iu":
+            raise UebenchError(f"{path}: y_{split} must hold integer labels, got {y.dtype}")
+        if y.size != len(x) or y.ndim > 2:
+            raise UebenchError(f"{path}: {len(x)} {split} images but y_{split} has shape {y.shape}")
+    if "classes" in arrays:
+        names = arrays["classes"]
+        if names.ndim != 1 or names.dtype.kind not in "US":
+            raise UebenchError(f"{path}: classes must be a 1-D array of strings, got {names.dtype}")
+        classes = [c.decode() if isinstance(c, bytes) else str(c) for c in names.tolist()]
+    return from_numpy_nhwc(name, *(arrays[key] for key in _NPZ_KEYS), classes=classes)
+
+
+def npz(root: str | None, *, path: str = "") -> ImageData:
+    """An .npz file with uint8 NHWC (or NHW) x_train/x_test, integer y_train/y_test, optional
+    ``classes``.  A relative ``path`` is looked up in the working directory, then under ``root``.
+    The dataset is named after the file (``my`` for ``data/my.npz``).
+    """
+    if not path:
+        raise UebenchError("npz needs a file: write npz:PATH (e.g. npz:data/my.npz)")
+    file = Path(path).expanduser()
+    if not file.is_absolute() and not file.exists() and root:
+        file = Path(root).expanduser() / file
+    if not file.is_file():
+        where = f" (also tried under {root})" if root and not Path(path).is_absolute() else ""
+        raise UebenchError(f"npz file {path} not found{where}")
+    return _read_npz(file, file.stem)
+
+
+# --------------------------------------------------------------------------- torchvision sets
+
+
+def _torchvision_splits(
+    title: str, root: Path, holds: str, make: Callable[[bool], Any]
+) -> tuple[Any, Any]:
+    """``make(train)`` for both splits, torchvision's exceptions turned into one line."""
+    try:
+        return make(True), make(False)
+    except RuntimeError as error:  # torchvision: "Dataset not found or corrupted"
+        if "not found" not in str(error).lower():
+            raise UebenchError(f"{title} under {root}: {_one_line(error)}") from None
+        raise UebenchError(
+            f"{title} not found under {root}: point --data-root at a folder holding {holds}, "
+            "or add :download=true (needs internet)"
+        ) from None
+    except (OSError, ValueError, EOFError, KeyError) as error:  # e.g. no network for download
+        raise UebenchError(
+            f"{title} under {root} could not be loaded: {_one_line(error)}"
+        ) from None
+
+
+def _cifar(
+    title: str, name: str, root: str | None, download: bool, classes: Sequence[str]
+) -> ImageData:
+    base = _root(root)
+    for candidate in (base / f"{name}.npz", base / name / f"{name}.npz"):
+        if candidate.is_file():
+            return _read_npz(candidate, name, classes)
+    import torchvision.datasets as tvd
+
+    cls = tvd.CIFAR10 if name == "cifar10" else tvd.CIFAR100
+    # torchvision checks every file's md5 before unpickling it, so only the official archives
+    # are ever unpickled.
+    train, test = _torchvision_splits(
+        title,
+        base,
+        f"{cls.base_folder} or {name}.npz",
+        lambda is_train: cls(str(base), train=is_train, download=download),
+    )
+    return from_numpy_nhwc(
+        name,
+        train.data,
+        np.asarray(train.targets),
+        test.data,
+        np.asarray(test.targets),
+        classes=train.classes,
+    )
+
+
+def cifar10(root: str | None, *, download: bool = False) -> ImageData:
+    """CIFAR-10 from ``root/cifar10.npz`` if present, else torchvision's ``cifar-10-batches-py``
+    (``root`` defaults to ~/.cache/uebench/data)."""
+    return _cifar("CIFAR-10", "cifar10", root, download, CIFAR10_CLASSES)
+
+
+def cifar100(root: str | None, *, download: bool = False) -> ImageData:
+    """CIFAR-100 (fine labels) from ``root/cifar100.npz`` if present, else torchvision's
+    ``cifar-100-python`` (``root`` defaults to ~/.cache/uebench/data)."""
+    return _cifar("CIFAR-100", "cifar100", root, download, tuple(str(i) for i in range(100)))
+
+
+def svhn(root: str | None, *, download: bool = False) -> ImageData:
+    """SVHN (train and test, not extra) through torchvision; digit 0 is label 0."""
+    import torchvision.datasets as tvd
+
+    base = _root(root)
+    train, test = _torchvision_splits(
+        "SVHN",
+        base,
+        "train_32x32.mat and test_32x32.mat",
+        lambda is_train: tvd.SVHN(
+            str(base), split="train" if is_train else "test", download=download
+        ),
+    )
+
+    def tensors(split: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        # torchvision already gives NCHW uint8 for SVHN.
+        x = torch.from_numpy(np.ascontiguousarray(split.data, dtype=np.uint8))
+        return x, torch.from_numpy(np.asarray(split.labels, dtype=np.int64).reshape(-1))
+
+    return ImageData("svhn", *tensors(train), *tensors(test), DIGIT_CLASSES)
+
+
+# --------------------------------------------------------------------------- image folders
+
+
+def _read_images(files: Sequence[str], size: int) -> torch.Tensor:
+    from PIL import Image
+
+    # Filled in place as NCHW: for an ImageNet subset a second copy would not fit in memory.
+    out = np.empty((len(files), 3, size, size), dtype=np.uint8)
+    for i, file in enumerate(files):
+        try:
+            with Image.open(file) as image:
+                image.draft("RGB", (size, size))  # JPEGs decode at reduced scale: much faster
+                rgb = image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
+                out[i] = np.asarray(rgb).transpose(2, 0, 1)
+        except (OSError, ValueError) as error:
+            raise UebenchError(f"cannot read image {file}: {_one_line(error)}") from None
+    return torch.from_numpy(out)
+
+
+def _image_folder(
+    name: str,
+    directory: Path,
+    size: int,
+    test_dirs: Sequence[str],
+    max_classes: int | None = None,
+) -> ImageData:
+    """train/ and the first existing of ``test_dirs``, one subfolder per class (ImageFolder
+    layout); classes come from train/ in sorted order, the first ``max_classes`` kept."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+
+    if size < 1:
+        raise UebenchError(f"image size must be a positive integer, got {size}")
+    train_dir = directory / "train"
+    test_dir = next((directory / d for d in test_dirs if (directory / d).is_dir()), None)
+    if not train_dir.is_dir() or test_dir is None:
+        raise UebenchError(
+            f"{directory} must hold train/ and {' or '.join(f'{d}/' for d in test_dirs)}"
+            " with one subfolder of images per class"
+        )
+    try:
+        classes = find_classes(train_dir)[0]
+        if max_classes is not None and len(classes) < max_classes:
+            raise ValueError(f"{max_classes} classes asked for, train/ has {len(classes)}")
+        classes = classes[:max_classes]
+        index = {c: i for i, c in enumerate(classes)}
+        train = make_dataset(train_dir, index, extensions=IMG_EXTENSIONS)
+        test = make_dataset(test_dir, index, extensions=IMG_EXTENSIONS)
+    except (OSError, ValueError) as error:
+        raise UebenchError(f"{directory}: {_one_line(error)}") from None
+    if max_classes is None:
+        # A test class absent from train/ would otherwise be dropped without a word.
+        extra = sorted(set(find_classes(test_dir)[0]) - set(classes))
+        if extra:
+            raise UebenchError(f"{test_dir} has classes not in train/: {', '.join(extra)}")
+
+    def split(samples: list[tuple[str, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        labels = torch.tensor([label for _, label in samples], dtype=torch.int64)
+        return _read_images([file for file, _ in samples], size), labels
+
+    return ImageData(name, *split(train), *split(test), tuple(classes))
+
+
+def imagenet_subset(root: str | None, *, classes: int = 100, size: int = 224) -> ImageData:
+    """The first ``classes`` class folders (sorted) of an ImageNet-style tree ``root/train``,
+    ``root/val`` (or ``root/test``), every image resized to ``size``x``size`` RGB."""
+    if root is None:
+        raise UebenchError("imagenet-subset needs --data-root: a folder holding train/ and val/")
+    if classes < 1:
+        raise UebenchError(f"imagenet-subset: classes must be a positive integer, got {classes}")
+    return _image_folder("imagenet-subset", Path(root).expanduser(), size, ("val", "test"), classes)
+
+
+def folder(root: str | None, *, path: str | None = None, size: int = 32) -> ImageData:
+    """Any ImageFolder tree with train/ and test/ (or val/) at ``path`` (default: ``root``),
+    every image resized to ``size``x``size`` RGB; named after the folder."""
+    where = path or root
+    if not where:
+        raise UebenchError("folder needs a directory: write folder:PATH or give --data-root")
+    directory = Path(where).expanduser()
+    return _image_folder(directory.resolve().name or "folder", directory, size, ("test", "val"))
+
+
+# --------------------------------------------------------------------------- public entry
+
+
+BUILTIN_DATASETS: dict[str, Callable[..., ImageData]] = {
+    "digits": digits,
+    "cifar10": cifar10,
+    "cifar100": cifar100,
+    "svhn": svhn,
+    "imagenet-subset": imagenet_subset,
+    "folder": folder,
+    "npz": npz,
+}
+
+
+def load_dataset(
+    spec: str,
+    root: str | None = None,
+    train_size: int | None = None,
+    test_size: int | None = None,
+    seed: int = 0,
+) -> ImageData:
+    """Build the dataset named by ``spec`` (e.g. ``"npz:data/x.npz"``) from the registry, then
+    take stratified, seeded subsets of ``train_size``/``test_size`` images (None: all)."""
+    data = DATASETS.build(spec, root)
+    return data.subset(train_size, test_size, seed)

@@ -1,0 +1,77 @@
+"""The noise-method contract: ``craft(train data, context) -> Poison``.
+
+A method plugin is a class whose keyword-only ``__init__`` parameters are its spec options
+(``emin:form=class:eps=16/255``) and whose :meth:`Method.craft` returns a
+:class:`~uebench.poison.Poison` for the whole training set.  The core never knows which method
+it runs; everything a method needs from the harness comes through :class:`CraftContext`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from uebench.data import ImageData
+from uebench.errors import UebenchError
+from uebench.poison import Poison
+from uebench.training import TrainConfig
+
+T = TypeVar("T")
+
+
+@dataclass
+class CraftContext:
+    """What the harness lends a method: device, the victim's training config, progress bars."""
+
+    device: torch.device
+    train_config: TrainConfig = field(default_factory=TrainConfig)
+    progress: bool = True
+
+    def build_model(self, arch: str, data: ImageData) -> nn.Module:
+        """A fresh source model from an architecture spec such as ``resnet18:width=16``."""
+        from uebench.registry import ARCHS
+
+        return ARCHS.build(arch, data.num_classes, data.image_shape).to(self.device)
+
+    def bar(self, total: int | None, desc: str) -> tqdm:
+        """A progress bar that vanishes when done (hidden when progress is off)."""
+        return tqdm(
+            total=total, desc=desc, leave=False, disable=not self.progress, dynamic_ncols=True
+        )
+
+    def track(self, iterable: Iterable[T], desc: str) -> Iterable[T]:
+        """``iterable`` wrapped in a progress bar."""
+        return tqdm(iterable, desc=desc, leave=False, disable=not self.progress, dynamic_ncols=True)
+
+
+class Method:
+    """Base class of noise methods; subclasses set their options in ``__init__``."""
+
+    #: True when :meth:`craft` trains a source model with the grid's training config, which
+    #: then becomes part of the poison's cache key.
+    uses_victim_training: bool = False
+
+    def craft(self, data: ImageData, ctx: CraftContext) -> Poison:
+        raise NotImplementedError
+
+    def options(self) -> dict[str, Any]:
+        return dict(vars(self))
+
+
+def check_eps(eps: float) -> float:
+    """ε in image units (8/255 is the paper's); out of (0, 1] is a one-line error."""
+    if not 0 < eps <= 1:
+        hint = f" (did you mean {eps:g}/255?)" if eps > 1 else ""
+        raise UebenchError(f"eps must be in (0, 1], e.g. 8/255; got {eps:g}{hint}")
+    return eps
+
+
+def check_fraction(name: str, value: float) -> float:
+    if not 0 < value <= 1:
+        raise UebenchError(f"{name} must be in (0, 1], got {value:g}")
+    return value

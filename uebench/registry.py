@@ -1,0 +1,174 @@
+"""Plugin registries, filled from Python entry points.
+
+A plugin is a callable (class or function).  Its keyword-only parameters are the options a user
+may set in a spec (``resnet18:width=16``); its positional parameters are supplied by the harness
+at run time (e.g. ``num_classes``).  Built-ins and third-party packages register the same way:
+
+    [project.entry-points."uebench.methods"]
+    mymethod = "my_package.module:MyMethod"
+"""
+
+from __future__ import annotations
+
+import inspect
+import types
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import Any
+
+from uebench.errors import UebenchError
+from uebench.spec import Spec, parse_float, parse_spec
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A spec checked against its plugin: the factory and every option, defaults included."""
+
+    spec: Spec
+    factory: Callable[..., Any]
+    options: dict[str, Any]
+
+    def canonical(self) -> dict[str, Any]:
+        """What determines the plugin's behaviour, for hashing (spelling-independent)."""
+        return {"name": self.spec.name, "options": _jsonable(self.options)}
+
+    def build(self, *runtime: Any) -> Any:
+        return self.factory(*runtime, **self.options)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in sorted(value.items())}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def _convert(value: str, annotation: Any, where: str) -> Any:
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if value.lower() in {"none", "null", ""} and len(args) < len(typing.get_args(annotation)):
+            return None
+        errors = []
+        for arg in args:
+            try:
+                return _convert(value, arg, where)
+            except UebenchError as error:
+                errors.append(str(error))
+        raise UebenchError(errors[0])
+    if origin is typing.Literal:
+        allowed = typing.get_args(annotation)
+        if value not in allowed:
+            raise UebenchError(f"{where}: {value!r} is not one of {', '.join(map(str, allowed))}")
+        return value
+    if origin is tuple:
+        (item_type, *_) = typing.get_args(annotation) or (str,)
+        return tuple(_convert(v, item_type, where) for v in value.split(",") if v.strip())
+    if annotation is bool:
+        if value.lower() in _TRUE:
+            return True
+        if value.lower() in _FALSE:
+            return False
+        raise UebenchError(f"{where}: {value!r} is not a boolean (true/false)")
+    if annotation is int:
+        try:
+            return int(value)
+        except ValueError:
+            raise UebenchError(f"{where}: {value!r} is not an integer") from None
+    if annotation is float:
+        try:
+            return parse_float(value)
+        except UebenchError as error:
+            raise UebenchError(f"{where}: {error}") from None
+    return value
+
+
+class Registry:
+    """Named plugins of one kind, loaded lazily from the entry-point group ``group``."""
+
+    def __init__(self, group: str, kind: str) -> None:
+        self.group = group
+        self.kind = kind
+        self._extra: dict[str, Callable[..., Any]] = {}
+
+    def _entry_points(self) -> dict[str, Any]:
+        return {ep.name: ep for ep in entry_points(group=self.group)}
+
+    def names(self) -> list[str]:
+        """Every registered name, sorted."""
+        return sorted(set(self._entry_points()) | set(self._extra))
+
+    def register(self, name: str, factory: Callable[..., Any]) -> None:
+        """Register a plugin at run time (notebooks, tests); entry points are the usual way."""
+        self._extra[name] = factory
+
+    def get(self, name: str) -> Callable[..., Any]:
+        """The factory registered as ``name``; unknown names list the valid ones."""
+        if name in self._extra:
+            return self._extra[name]
+        found = self._entry_points().get(name)
+        if found is None:
+            raise UebenchError(
+                f"unknown {self.kind} {name!r}; valid: {', '.join(self.names()) or '(none)'}"
+            )
+        try:
+            return found.load()
+        except Exception as error:  # a broken third-party plugin must not take the CLI down
+            raise UebenchError(f"{self.kind} {name!r} failed to load: {error}") from error
+
+    def options(self, name: str) -> dict[str, inspect.Parameter]:
+        """The user-settable (keyword-only) options of ``name``."""
+        signature = inspect.signature(self.get(name))
+        return {p.name: p for p in signature.parameters.values() if p.kind is p.KEYWORD_ONLY}
+
+    def resolve(self, spec: Spec | str) -> Resolved:
+        """Check a spec's options against the plugin and convert them to typed values."""
+        spec = parse_spec(spec) if isinstance(spec, str) else spec
+        factory = self.get(spec.name)
+        params = self.options(spec.name)
+        try:
+            hints = typing.get_type_hints(factory.__init__ if inspect.isclass(factory) else factory)
+        except Exception:
+            hints = {}
+        given = dict(spec.options)
+        if spec.positional is not None:
+            if not params:
+                raise UebenchError(f"{self.kind} {spec.name!r} takes no options")
+            first = next(iter(params))
+            if first in given:
+                raise UebenchError(f"bad spec {spec.text!r}: {first!r} given twice")
+            given = {first: spec.positional, **given}
+        unknown = sorted(set(given) - set(params))
+        if unknown:
+            valid = ", ".join(params) or "(none)"
+            raise UebenchError(
+                f"{self.kind} {spec.name!r} has no option {unknown[0]!r}; valid: {valid}"
+            )
+        options: dict[str, Any] = {}
+        for key, param in params.items():
+            if key in given:
+                where = f"{spec.text}: {key}"
+                options[key] = _convert(given[key], hints.get(key, str), where)
+            elif param.default is inspect.Parameter.empty:
+                raise UebenchError(f"{self.kind} {spec.name!r} needs option {key!r}")
+            else:
+                options[key] = param.default
+        return Resolved(spec=spec, factory=factory, options=options)
+
+    def build(self, spec: Spec | str, *runtime: Any) -> Any:
+        """Resolve ``spec`` and call its factory with the run-time arguments."""
+        return self.resolve(spec).build(*runtime)
+
+
+METHODS = Registry("uebench.methods", "method")
+DEFENSES = Registry("uebench.defenses", "countermeasure")
+ARCHS = Registry("uebench.archs", "architecture")
+DATASETS = Registry("uebench.datasets", "dataset")
+
+REGISTRIES = {"methods": METHODS, "defenses": DEFENSES, "archs": ARCHS, "datasets": DATASETS}

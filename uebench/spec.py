@@ -1,0 +1,73 @@
+"""The one grammar every registry shares: ``NAME[:key=value[:key=value]]``, comma-separated lists.
+
+Examples: ``emin:form=class``, ``random:form=class:eps=16/255``, ``resnet18:width=16``,
+``npz:data/x.npz`` (a lone value fills the plugin's first option), ``cutmix+earlystop``
+(``+`` composes countermeasures).  A comma followed by a digit continues the previous value, so
+``emin:classes=0,1,8,9,random`` is two specs.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from uebench.errors import UebenchError
+
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A parsed ``NAME[:key=value...]``; ``text`` keeps what the user wrote."""
+
+    name: str
+    options: dict[str, str] = field(default_factory=dict)
+    positional: str | None = None
+    text: str = ""
+
+    def __str__(self) -> str:
+        return self.text or self.name
+
+
+def parse_spec(text: str) -> Spec:
+    """Parse one ``NAME[:key=value...]`` string."""
+    text = text.strip()
+    if not text:
+        raise UebenchError("empty spec; expected NAME[:key=value...]")
+    name, *parts = text.split(":")
+    if not _NAME.match(name):
+        raise UebenchError(f"bad spec {text!r}: {name!r} is not a name")
+    options: dict[str, str] = {}
+    positional = None
+    for part in parts:
+        if "=" not in part:
+            if positional is not None or options:
+                raise UebenchError(
+                    f"bad spec {text!r}: only the first option may be given without 'key='"
+                )
+            positional = part
+            continue
+        key, value = part.split("=", 1)
+        key = key.strip().replace("-", "_")
+        if not key or key in options:
+            raise UebenchError(f"bad spec {text!r}: empty or repeated key {key!r}")
+        options[key] = value.strip()
+    return Spec(name=name, options=options, positional=positional, text=text)
+
+
+def split_list(text: str | list[str] | tuple[str, ...]) -> list[str]:
+    """Split a comma-separated list of specs; a comma before a digit continues a value."""
+    if isinstance(text, (list, tuple)):
+        return [item for chunk in text for item in split_list(chunk)]
+    return [item.strip() for item in re.split(r",(?=\s*[A-Za-z_])", text) if item.strip()]
+
+
+def parse_float(value: str) -> float:
+    """A float that may be written as a fraction, e.g. ``8/255``."""
+    try:
+        if "/" in value:
+            numerator, denominator = value.split("/", 1)
+            return float(numerator) / float(denominator)
+        return float(value)
+    except (ValueError, ZeroDivisionError):
+        raise UebenchError(f"{value!r} is not a number (fractions like 8/255 are fine)") from None
