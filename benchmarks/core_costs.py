@@ -101,7 +101,7 @@ def main() -> None:
     ctx = CraftContext(device, config, progress=False)
     for spec, paper in (("emin:form=class", 0.10), ("emin:form=sample", 0.60)):
         started = time.perf_counter()
-        poison = METHODS.build(f"{spec}:source={args.arch}").craft(data, ctx)
+        poison = METHODS.build(f"{spec}:source=[{args.arch}]").craft(data, ctx)
         seconds = time.perf_counter() - started
         print(
             f"{spec}: {seconds:.1f} s = {seconds / clean_seconds:.2f} × clean training "

@@ -14,7 +14,7 @@ from typing import Literal
 
 import torch
 
-from uebench.crafting import SourceModelSteps, accuracy_under_noise, minimize_error
+from uebench.crafting import SourceModelSteps, alternate, minimize_error
 from uebench.data import ImageData, stratified_indices, to_float
 from uebench.errors import UebenchError
 from uebench.method import CraftContext, Method, check_eps, check_fraction
@@ -85,33 +85,32 @@ class ErrorMinimizing(Method):
             delta = torch.zeros(data.num_classes, *data.image_shape, device=device)
             noise_of = lambda index: delta[y[index]]  # noqa: E731
 
-        error, rounds = 1.0, 0
-        bar = ctx.bar(self.max_rounds, f"emin:{self.form}")
-        for rounds in range(1, self.max_rounds + 1):  # noqa: B007 - rounds is reported below
-            for _ in range(self.model_steps):
-                index = source.next_batch()
-                source.step((x[index] + noise_of(index)).clamp(0, 1), y[index])
-            model.eval()
-            for index in torch.arange(len(x), device=device).split(self.batch_size):
-                updated = minimize_error(
-                    model,
-                    x[index],
-                    y[index],
-                    noise_of(index),
-                    eps=self.eps,
-                    alpha=self.alpha,
-                    steps=self.steps,
-                )
-                if self.form == "sample":
-                    delta[index] = updated
-                else:
-                    delta.copy_(_class_mean(delta, updated, y[index]).clamp_(-self.eps, self.eps))
-            error = 1.0 - accuracy_under_noise(model, x, y, noise_of, self.batch_size * 4)
-            bar.update()
-            bar.set_postfix(error=f"{error:.4f}")
-            if error < self.stop_error:
-                break
-        bar.close()
+        def update_noise(index: torch.Tensor) -> None:
+            updated = minimize_error(
+                model,
+                x[index],
+                y[index],
+                noise_of(index),
+                eps=self.eps,
+                alpha=self.alpha,
+                steps=self.steps,
+            )
+            if self.form == "sample":
+                delta[index] = updated
+            else:
+                delta.copy_(_class_mean(delta, updated, y[index]).clamp_(-self.eps, self.eps))
+
+        rounds, error = alternate(
+            source,
+            x,
+            y,
+            noise_of,
+            update_noise,
+            model_steps=self.model_steps,
+            stop_error=self.stop_error,
+            max_rounds=self.max_rounds,
+            bar=ctx.bar(self.max_rounds, f"emin:{self.form}"),
+        )
 
         if self.form == "sample":
             bank = torch.zeros(len(data.y_train), *data.image_shape)

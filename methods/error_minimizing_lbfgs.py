@@ -13,7 +13,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from uebench.crafting import SourceModelSteps, accuracy_under_noise
+from uebench.crafting import SourceModelSteps, alternate
 from uebench.data import ImageData, to_float
 from uebench.method import CraftContext, Method, check_eps
 from uebench.poison import Poison
@@ -66,21 +66,21 @@ class ErrorMinimizingLBFGS(Method):
             generator=generator,
             device=ctx.device,
         )
-        error, rounds = 1.0, 0
-        bar = ctx.bar(self.max_rounds, "emin-lbfgs")
-        for rounds in range(1, self.max_rounds + 1):  # noqa: B007 - rounds is reported below
-            for _ in range(self.model_steps):
-                index = source.next_batch()
-                source.step((x[index] + delta[index]).clamp(0, 1), y[index])
-            model.eval()
-            for index in torch.arange(len(x), device=ctx.device).split(self.batch_size):
-                delta[index] = self._solve(model, x[index], y[index], delta[index])
-            error = 1.0 - accuracy_under_noise(model, x, y, lambda i: delta[i], self.batch_size * 4)
-            bar.update()
-            bar.set_postfix(error=f"{error:.4f}")
-            if error < self.stop_error:
-                break
-        bar.close()
+
+        def update_noise(index: torch.Tensor) -> None:
+            delta[index] = self._solve(model, x[index], y[index], delta[index])
+
+        rounds, error = alternate(
+            source,
+            x,
+            y,
+            lambda index: delta[index],
+            update_noise,
+            model_steps=self.model_steps,
+            stop_error=self.stop_error,
+            max_rounds=self.max_rounds,
+            bar=ctx.bar(self.max_rounds, "emin-lbfgs"),
+        )
         meta = {
             "form": "sample",
             "rounds": rounds,

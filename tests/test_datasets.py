@@ -324,3 +324,17 @@ def test_real_cifar10_npz() -> None:
     data = load_dataset("cifar10", root=str(REAL_CIFAR10))
     assert data.x_train.shape == (50000, 3, 32, 32) and data.x_test.shape == (10000, 3, 32, 32)
     assert torch.bincount(data.y_train).tolist() == [5000] * 10
+
+
+def test_cluttered_digits_is_a_deterministic_rgb_set() -> None:
+    first = load_dataset("cluttered-digits")
+    again = load_dataset("cluttered-digits")
+    assert first.x_train.shape[1:] == (3, 16, 16) and first.num_classes == 10
+    assert len(first.y_train) + len(first.y_test) == 3 * 1797
+    assert torch.equal(first.x_train, again.x_train)
+    other = load_dataset("cluttered-digits:seed=1")
+    assert not torch.equal(first.x_train, other.x_train)
+    # The digit is faint: per-image contrast is far below plain digits' full 0..255 range.
+    assert first.x_train.float().std() < 60
+    with pytest.raises(UebenchError, match="size >= 8"):
+        load_dataset("cluttered-digits:size=4")

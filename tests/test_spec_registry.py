@@ -12,6 +12,10 @@ def test_parse_spec_options_and_positional():
     assert spec.name == "random" and spec.options == {"form": "class", "eps": "16/255"}
     assert parse_spec("npz:data/x.npz").positional == "data/x.npz"
     assert str(parse_spec("emin:form=class")) == "emin:form=class"
+    nested = parse_spec("emin:source=[resnet18:width=16]:eps=16/255")
+    assert nested.options == {"source": "resnet18:width=16", "eps": "16/255"}
+    with pytest.raises(UebenchError, match="unbalanced"):
+        parse_spec("emin:source=[resnet18")
 
 
 def test_split_list_keeps_numeric_lists_together():

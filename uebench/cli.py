@@ -14,7 +14,7 @@ from uebench.errors import UebenchError
 from uebench.registry import REGISTRIES
 
 _RUN_FLAGS = {
-    "dataset": "dataset spec (default: digits, embedded, offline)",
+    "dataset": "dataset spec (default: cluttered-digits, embedded, offline)",
     "data_root": "folder holding the dataset files",
     "methods": "comma-separated method specs, e.g. clean,emin,emin:form=class",
     "defenses": "comma-separated countermeasure specs, e.g. none,cutmix+earlystop",

@@ -3,11 +3,12 @@ error-minimizing PGD on inputs, and accuracy under noise."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 
 from uebench.training import autocast
 
@@ -92,3 +93,37 @@ def accuracy_under_noise(
             logits = model((x[index] + noise_of(index)).clamp(0, 1))
         correct += int((logits.argmax(1) == y[index]).sum())
     return correct / max(len(x), 1)
+
+
+def alternate(
+    source: SourceModelSteps,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    noise_of: Callable[[torch.Tensor], torch.Tensor],
+    update_noise: Callable[[torch.Tensor], None],
+    *,
+    model_steps: int,
+    stop_error: float,
+    max_rounds: int,
+    bar: tqdm,
+) -> tuple[int, float]:
+    """Algorithm 1's loop: M model steps, one noise pass over the crafting set, until error < λ.
+
+    ``noise_of(index)`` gives the current noise of a batch; ``update_noise(index)`` optimizes it.
+    Returns the rounds run and the final error of the source model on the perturbed set.
+    """
+    error, rounds = 1.0, 0
+    for rounds in range(1, max_rounds + 1):  # noqa: B007 - rounds is returned
+        for _ in range(model_steps):
+            index = source.next_batch()
+            source.step((x[index] + noise_of(index)).clamp(0, 1), y[index])
+        source.model.eval()
+        for index in torch.arange(len(x), device=x.device).split(source.batch_size):
+            update_noise(index)
+        error = 1.0 - accuracy_under_noise(source.model, x, y, noise_of, source.batch_size * 4)
+        bar.update()
+        bar.set_postfix(error=f"{error:.4f}")
+        if error < stop_error:
+            break
+    bar.close()
+    return rounds, error

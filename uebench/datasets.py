@@ -78,6 +78,57 @@ def digits(root: str | None, *, size: int = 16) -> ImageData:
     return ImageData("digits", x[~test], y[~test], x[test], y[test], DIGIT_CLASSES)
 
 
+def cluttered_digits(
+    root: str | None,
+    *,
+    size: int = 16,
+    copies: int = 3,
+    contrast: float = 0.2,
+    clutter: float = 0.3,
+    pixel_noise: float = 0.06,
+    seed: int = 0,
+) -> ImageData:
+    """The default: real sklearn digits, faint, at random places on a cluttered colour canvas.
+
+    Plain ``digits`` are learned in one epoch and nearly linearly separable, so ε-sized noise
+    is never an easier feature than the digits themselves and no unlearnable effect can show.
+    Here each 8×8 digit is drawn ``copies`` times at a random position on a ``size``×``size``
+    RGB canvas of smooth random colour (±``clutter``) plus pixel noise, with a random per-channel
+    contrast in [``contrast``, ``contrast`` + 0.2]: learnable by a CNN over some epochs, like
+    natural images, which is the regime where unlearnable examples work.
+    """
+    from sklearn.datasets import load_digits
+
+    if size < 8 or copies < 1:
+        raise UebenchError(
+            f"cluttered-digits needs size >= 8 and copies >= 1, got {size} and {copies}"
+        )
+    bunch = load_digits()
+    generator = torch.Generator().manual_seed(seed)
+    glyphs = torch.from_numpy(bunch.images / 16.0).float().repeat(copies, 1, 1)
+    y = torch.from_numpy(bunch.target.astype(np.int64)).repeat(copies)
+    n = len(y)
+    background = (torch.rand(n, 3, 4, 4, generator=generator) * 2 - 1) * clutter
+    canvas = torch.nn.functional.interpolate(
+        background, size=(size, size), mode="bilinear", align_corners=False
+    )
+    canvas += 0.5 + torch.randn(n, 3, size, size, generator=generator) * pixel_noise
+    strength = contrast + 0.2 * torch.rand(n, 3, 1, 1, generator=generator)
+    top, left = torch.randint(0, size - 7, (2, n, 1, 1), generator=generator)
+    offsets = torch.arange(8)
+    layer = torch.zeros(n, size, size)
+    layer[
+        torch.arange(n)[:, None, None],
+        top + offsets[None, :, None],
+        left + offsets[None, None, :],
+    ] = glyphs
+    canvas += strength * layer[:, None]
+    x = (canvas.clamp(0, 1) * 255).round().to(torch.uint8)
+    test = torch.zeros(n, dtype=torch.bool)
+    test[stratified_indices(y, round(0.2 * n), seed=seed)] = True
+    return ImageData("cluttered-digits", x[~test], y[~test], x[test], y[test], DIGIT_CLASSES)
+
+
 # --------------------------------------------------------------------------- npz files
 
 
@@ -316,6 +367,7 @@ def folder(root: str | None, *, path: str | None = None, size: int = 32) -> Imag
 
 BUILTIN_DATASETS: dict[str, Callable[..., ImageData]] = {
     "digits": digits,
+    "cluttered-digits": cluttered_digits,
     "cifar10": cifar10,
     "cifar100": cifar100,
     "svhn": svhn,

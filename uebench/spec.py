@@ -2,7 +2,8 @@
 
 Examples: ``emin:form=class``, ``random:form=class:eps=16/255``, ``resnet18:width=16``,
 ``npz:data/x.npz`` (a lone value fills the plugin's first option), ``cutmix+earlystop``
-(``+`` composes countermeasures).  A comma followed by a digit continues the previous value, so
+(``+`` composes countermeasures), ``emin:source=[resnet18:width=16]`` (brackets nest a spec).
+A comma followed by a digit continues the previous value, so
 ``emin:classes=0,1,8,9,random`` is two specs.
 """
 
@@ -34,7 +35,7 @@ def parse_spec(text: str) -> Spec:
     text = text.strip()
     if not text:
         raise UebenchError("empty spec; expected NAME[:key=value...]")
-    name, *parts = text.split(":")
+    name, *parts = _split_outside_brackets(text, ":")
     if not _NAME.match(name):
         raise UebenchError(f"bad spec {text!r}: {name!r} is not a name")
     options: dict[str, str] = {}
@@ -51,8 +52,27 @@ def parse_spec(text: str) -> Spec:
         key = key.strip().replace("-", "_")
         if not key or key in options:
             raise UebenchError(f"bad spec {text!r}: empty or repeated key {key!r}")
-        options[key] = value.strip()
+        value = value.strip()
+        if value.startswith("[") and value.endswith("]"):
+            value = value[1:-1]
+        options[key] = value
     return Spec(name=name, options=options, positional=positional, text=text)
+
+
+def _split_outside_brackets(text: str, separator: str) -> list[str]:
+    parts, depth, current = [], 0, []
+    for char in text:
+        depth += {"[": 1, "]": -1}.get(char, 0)
+        if depth < 0:
+            raise UebenchError(f"bad spec {text!r}: unbalanced ']'")
+        if char == separator and depth == 0:
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    if depth:
+        raise UebenchError(f"bad spec {text!r}: unbalanced '['")
+    return [*parts, "".join(current)]
 
 
 def split_list(text: str | list[str] | tuple[str, ...]) -> list[str]:
