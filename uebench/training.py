@@ -71,7 +71,7 @@ def standard_augmentation(image_side: int, padding: int | None, flip: bool) -> n
 
 
 def make_optimizer(
-    model: nn.Module, config: TrainConfig, steps_per_epoch: int = 1
+    model: nn.Module, config: TrainConfig
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
     """SGD with momentum and a per-epoch cosine schedule over ``config.epochs``."""
     optimizer = torch.optim.SGD(
@@ -143,8 +143,7 @@ def train(
         model.to(memory_format=torch.channels_last)
     x_dev, y_dev = x.to(device), y.to(device)
     augment = standard_augmentation(x.shape[-1], config.crop_padding, config.flip)
-    steps_per_epoch = max(1, -(-len(x) // config.batch_size))
-    optimizer, scheduler = make_optimizer(model, config, steps_per_epoch)
+    optimizer, scheduler = make_optimizer(model, config)
     history: list[EpochStats] = []
     for epoch in range(1, config.epochs + 1):
         started = time.perf_counter()
