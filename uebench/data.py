@@ -6,6 +6,7 @@ added in float and the result rounded back to 8 bits (:func:`add_noise_uint8`).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass, replace
 
@@ -59,6 +60,11 @@ class ImageData:
 
     def fingerprint(self) -> str:
         """A hash of the training images and labels: what a poison is crafted from."""
+        return self._fingerprint
+
+    @functools.cached_property
+    def _fingerprint(self) -> str:
+        # Hashing all of CIFAR-10 takes a noticeable fraction of a second; each cell asks twice.
         digest = hashlib.sha256()
         for tensor in (self.x_train, self.y_train):
             digest.update(tensor.contiguous().numpy().tobytes())
