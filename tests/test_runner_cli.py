@@ -62,11 +62,11 @@ def test_killed_grid_resumes_without_recomputing(tmp_path, monkeypatch):
     real_run_cell = runner.run_cell
     calls = []
 
-    def dies_on_second(cell, progress=True):
+    def dies_on_second(cell, progress=True, model_path=None):
         calls.append(cell.method)
         if len(calls) == 2:
             raise KeyboardInterrupt
-        return real_run_cell(cell, progress)
+        return real_run_cell(cell, progress, model_path)
 
     monkeypatch.setattr(runner, "run_cell", dies_on_second)
     with pytest.raises(KeyboardInterrupt):
@@ -77,7 +77,10 @@ def test_killed_grid_resumes_without_recomputing(tmp_path, monkeypatch):
     monkeypatch.setattr(
         runner,
         "run_cell",
-        lambda cell, progress=True: (calls.append(cell.method), real_run_cell(cell, progress))[1],
+        lambda cell, progress=True, path=None: (
+            calls.append(cell.method),
+            real_run_cell(cell, progress, path),
+        )[1],
     )
     table = run_grid(config)
     assert calls == ["random"] and len(table) == 2

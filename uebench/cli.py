@@ -1,8 +1,14 @@
-"""``uebench`` command line: ``run`` a grid, ``list`` the registered plugins."""
+"""``uebench`` command line: ``run`` a grid, ``list`` the registered plugins, and the commands
+of :data:`COMMAND_MODULES`.
+
+A command module has one function, ``register(commands)``, that adds its subparser to
+``commands`` (an argparse sub-parsers object) and sets ``handler=<function(args)>`` on it.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import inspect
 import sys
 from pathlib import Path
@@ -31,6 +37,9 @@ _RUN_FLAGS = {
 }
 _INT_FLAGS = {"epochs", "batch_size", "train_size", "test_size"}
 
+#: Modules that add further subcommands (see the module docstring).
+COMMAND_MODULES: tuple[str, ...] = ()
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -42,9 +51,16 @@ def _parser() -> argparse.ArgumentParser:
     for name, text in _RUN_FLAGS.items():
         kind = int if name in _INT_FLAGS else float if name == "lr" else str
         run.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, help=text)
+    run.add_argument(
+        "--save-models", action="store_true", default=None, help="keep each trained victim model"
+    )
     run.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    run.set_defaults(handler=_run)
     listing = commands.add_parser("list", help="list registered plugins and their options")
     listing.add_argument("kind", nargs="?", choices=sorted(REGISTRIES), help="which registry")
+    listing.set_defaults(handler=lambda args: _list(args.kind))
+    for module in COMMAND_MODULES:
+        importlib.import_module(module).register(commands)
     return parser
 
 
@@ -79,7 +95,8 @@ def _run(args: argparse.Namespace) -> None:
     from uebench.runner import GridConfig, run_grid, summary
 
     values = read_config_file(args.config) if args.config else {}
-    values.update({k: v for k, v in vars(args).items() if k in _RUN_FLAGS and v is not None})
+    flags = {*_RUN_FLAGS, "save_models"}
+    values.update({k: v for k, v in vars(args).items() if k in flags and v is not None})
     if args.no_progress:
         values["progress"] = False
     config = GridConfig.from_dict(values)
@@ -107,10 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``uebench`` command; user errors print one line and exit 2."""
     args = _parser().parse_args(argv)
     try:
-        if args.command == "run":
-            _run(args)
-        else:
-            _list(args.kind)
+        args.handler(args)
     except UebenchError as error:
         print(f"uebench: error: {error}", file=sys.stderr)
         return 2

@@ -6,6 +6,7 @@ Every hook is a no-op by default, so a plugin overrides only what it changes:
 * :meth:`Countermeasure.augment` — batch level, float images on the device (cutout, mixup, ...).
 * :meth:`Countermeasure.perturb` — training-step level, with the model (adversarial training).
 * :meth:`Countermeasure.select` — which epoch is reported (early stopping).
+* :meth:`Countermeasure.after_training` — model level, after training (recovery fine-tuning).
 
 ``cutmix+earlystop`` composes plugins left to right (:class:`Composed`).
 """
@@ -46,6 +47,18 @@ class EpochStats:
     seconds: float = 0.0
 
 
+@dataclass
+class TrainingContext:
+    """What :meth:`Countermeasure.after_training` may use besides the trained model."""
+
+    device: torch.device
+    config: Any  # the cell's TrainConfig (typed loosely: training.py imports this module)
+    generator: torch.Generator
+    test: tuple[torch.Tensor, torch.Tensor]  # clean uint8 test images and labels
+    num_classes: int
+    arch: str  # the victim's architecture spec, to build a fresh model of the same kind
+
+
 class Countermeasure:
     """Base class: standard training.  Override the hooks a countermeasure changes."""
 
@@ -65,6 +78,16 @@ class Countermeasure:
         """Index into ``history`` of the epoch whose accuracy is reported."""
         return len(history) - 1
 
+    def after_training(
+        self, model: nn.Module, train: TrainSet, context: TrainingContext
+    ) -> dict[str, Any]:
+        """Change the trained model in place (e.g. fine-tune it); returns notes for the record.
+
+        When a countermeasure overrides this hook, the cell reports the clean test accuracy of
+        the model it leaves (``final_acc``) and keeps the accuracy before it (``trained_acc``).
+        """
+        return {}
+
     def overrides(self, hook: str) -> bool:
         return getattr(type(self), hook) is not getattr(Countermeasure, hook)
 
@@ -74,7 +97,7 @@ class Composed(Countermeasure):
 
     def __init__(self, parts: list[Countermeasure]) -> None:
         self.parts = parts
-        for hook in ("perturb", "select"):
+        for hook in ("perturb", "select", "after_training"):
             owners = [p for p in parts if p.overrides(hook)]
             if len(owners) > 1:
                 names = ", ".join(type(p).__name__ for p in owners)
@@ -101,6 +124,14 @@ class Composed(Countermeasure):
             if part.overrides("select"):
                 return part.select(history)
         return len(history) - 1
+
+    def after_training(
+        self, model: nn.Module, train: TrainSet, context: TrainingContext
+    ) -> dict[str, Any]:
+        for part in self.parts:
+            if part.overrides("after_training"):
+                return part.after_training(model, train, context)
+        return {}
 
     def overrides(self, hook: str) -> bool:
         return any(part.overrides(hook) for part in self.parts)

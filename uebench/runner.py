@@ -17,11 +17,11 @@ import torch
 from tqdm.auto import tqdm
 
 from uebench.cache import PoisonCache, cache_key
-from uebench.countermeasure import TrainSet, build_countermeasure
+from uebench.countermeasure import TrainingContext, TrainSet, build_countermeasure
 from uebench.data import ImageData
 from uebench.errors import UebenchError
 from uebench.method import CraftContext
-from uebench.poison import Poison
+from uebench.poison import Poison, atomic_write
 from uebench.registry import ARCHS, DATASETS, DEFENSES, METHODS
 from uebench.spec import split_list
 from uebench.store import ResultStore
@@ -108,6 +108,7 @@ class GridConfig:
     device: str = "auto"
     out: str = "runs/default"
     cache_dir: str | None = None
+    save_models: bool = False
     progress: bool = True
 
     @classmethod
@@ -210,8 +211,12 @@ def craft_poison(cell: Cell, data: ImageData, progress: bool = True) -> Poison:
     return PoisonCache(cell.cache_dir).get_or_craft(key, lambda: resolved.build().craft(data, ctx))
 
 
-def run_cell(cell: Cell, progress: bool = True) -> dict[str, Any]:
-    """Run one cell from scratch to its record (a JSON-able dict)."""
+def run_cell(cell: Cell, progress: bool = True, model_path: Path | None = None) -> dict[str, Any]:
+    """Run one cell from scratch to its record (a JSON-able dict).
+
+    With ``model_path`` the trained victim's ``state_dict`` is saved there (atomically), for
+    ``uebench certify`` and other analyses of the model itself.
+    """
     started = time.perf_counter()
     device = resolve_device(cell.device)
     data = load_cell_data(cell.dataset, cell.data_root, cell.train_size, cell.test_size)
@@ -254,12 +259,26 @@ def run_cell(cell: Cell, progress: bool = True) -> dict[str, Any]:
     )
     bar.close()
 
+    trained_acc = history[-1].test_acc
+    final_acc = trained_acc
+    if countermeasure.overrides("after_training"):
+        context = TrainingContext(
+            device, cell.train, generator, (data.x_test, data.y_test), data.num_classes, cell.arch
+        )
+        trainset.notes.update(countermeasure.after_training(model, trainset, context))
+
     predicted = predict(model, data.x_test, device, cell.train.eval_batch_size, cell.train.amp)
     confusion = confusion_matrix(predicted, data.y_test, data.num_classes)
     per_class = 100.0 * confusion.diag().double() / confusion.sum(1).clamp(min=1).double()
+    if countermeasure.overrides("after_training"):
+        final_acc = 100.0 * float((predicted == data.y_test).float().mean())
     best = max(range(len(history)), key=lambda i: history[i].test_acc)
     selected = countermeasure.select(history)
+    if model_path is not None:
+        state = {name: value.detach().cpu() for name, value in model.state_dict().items()}
+        atomic_write(model_path, lambda handle: torch.save(state, handle))
     return {
+        "model_path": str(model_path) if model_path is not None else None,
         "cell_id": cell.cell_id,
         "dataset": cell.dataset,
         "method": cell.method,
@@ -269,7 +288,8 @@ def run_cell(cell: Cell, progress: bool = True) -> dict[str, Any]:
         "epochs": cell.train.epochs,
         "train_size": len(data.y_train),
         "test_size": len(data.y_test),
-        "final_acc": history[-1].test_acc,
+        "final_acc": final_acc,
+        "trained_acc": trained_acc,
         "best_acc": history[best].test_acc,
         "best_epoch": history[best].epoch,
         "selected_acc": history[selected].test_acc,
@@ -308,7 +328,8 @@ def run_grid(config: GridConfig) -> pd.DataFrame:
     for cell in tqdm(
         todo, desc="grid", disable=not config.progress or not todo, dynamic_ncols=True
     ):
-        store.write(run_cell(cell, config.progress))
+        model_path = store.root / "models" / f"{cell.cell_id}.pt" if config.save_models else None
+        store.write(run_cell(cell, config.progress, model_path))
         store.write_csv()
     store.write_csv()
     table = store.table()
