@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from uebench.cache import PoisonCache
 from uebench.data import ImageData
 from uebench.errors import UebenchError
 from uebench.poison import Poison
@@ -31,6 +32,22 @@ class CraftContext:
     device: torch.device
     train_config: TrainConfig = field(default_factory=TrainConfig)
     progress: bool = True
+    cache: PoisonCache | None = None
+
+    def craft(self, method: str, data: ImageData) -> Poison:
+        """Another method's poison for ``data`` (through the cache when there is one).
+
+        Composite methods (mixtures, transfer) build on other methods' poisons this way, so a
+        noise set crafted once is shared by every method and cell that uses it.
+        """
+        from uebench.cache import poison_key
+        from uebench.registry import METHODS
+
+        build = lambda: METHODS.resolve(method).without_common().build().craft(data, self)  # noqa: E731
+        if self.cache is None:
+            return build()
+        key = poison_key(method, data.fingerprint(), self.train_config.as_dict())
+        return self.cache.get_or_craft(key, build)
 
     def build_model(self, arch: str, data: ImageData) -> nn.Module:
         """A fresh source model from an architecture spec such as ``resnet18:width=16``."""

@@ -32,13 +32,20 @@ class Resolved:
     spec: Spec
     factory: Callable[..., Any]
     options: dict[str, Any]
+    common: frozenset[str] = frozenset()  # options the harness handles, not the factory
 
     def canonical(self) -> dict[str, Any]:
         """What determines the plugin's behaviour, for hashing (spelling-independent)."""
         return {"name": self.spec.name, "options": _jsonable(self.options)}
 
     def build(self, *runtime: Any) -> Any:
-        return self.factory(*runtime, **self.options)
+        own = {k: v for k, v in self.options.items() if k not in self.common}
+        return self.factory(*runtime, **own)
+
+    def without_common(self) -> Resolved:
+        """The same plugin with the harness-handled options dropped (e.g. for a cache key)."""
+        own = {k: v for k, v in self.options.items() if k not in self.common}
+        return Resolved(self.spec, self.factory, own)
 
 
 def _jsonable(value: Any) -> Any:
@@ -92,10 +99,17 @@ def _convert(value: str, annotation: Any, where: str) -> Any:
 class Registry:
     """Named plugins of one kind, loaded lazily from the entry-point group ``group``."""
 
-    def __init__(self, group: str, kind: str) -> None:
+    def __init__(
+        self,
+        group: str,
+        kind: str,
+        common: dict[str, tuple[Any, Any]] | None = None,
+    ) -> None:
         self.group = group
         self.kind = kind
         self._extra: dict[str, Callable[..., Any]] = {}
+        # Options every plugin of this kind accepts, handled by the harness: name → (type, default)
+        self.common = common or {}
 
     def _entry_points(self) -> dict[str, Any]:
         return {ep.name: ep for ep in entry_points(group=self.group)}
@@ -123,9 +137,17 @@ class Registry:
             raise UebenchError(f"{self.kind} {name!r} failed to load: {error}") from error
 
     def options(self, name: str) -> dict[str, inspect.Parameter]:
-        """The user-settable (keyword-only) options of ``name``."""
+        """User-settable options of ``name``: its keyword-only parameters and the common ones."""
         signature = inspect.signature(self.get(name))
-        return {p.name: p for p in signature.parameters.values() if p.kind is p.KEYWORD_ONLY}
+        own = {p.name: p for p in signature.parameters.values() if p.kind is p.KEYWORD_ONLY}
+        for key, (annotation, default) in self.common.items():
+            own.setdefault(
+                key,
+                inspect.Parameter(
+                    key, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation
+                ),
+            )
+        return own
 
     def resolve(self, spec: Spec | str) -> Resolved:
         """Check a spec's options against the plugin and convert them to typed values."""
@@ -136,6 +158,9 @@ class Registry:
             hints = typing.get_type_hints(factory.__init__ if inspect.isclass(factory) else factory)
         except Exception:
             hints = {}
+        own = set(hints) | {k for k in params if k not in self.common}
+        common = frozenset(k for k in self.common if k not in own)
+        hints = {**{k: self.common[k][0] for k in common}, **hints}
         given = dict(spec.options)
         if spec.positional is not None:
             if not params:
@@ -157,16 +182,18 @@ class Registry:
                 options[key] = _convert(given[key], hints.get(key, str), where)
             elif param.default is inspect.Parameter.empty:
                 raise UebenchError(f"{self.kind} {spec.name!r} needs option {key!r}")
-            else:
+            elif key not in common:  # unset common options stay out, so old hashes hold
                 options[key] = param.default
-        return Resolved(spec=spec, factory=factory, options=options)
+        return Resolved(spec=spec, factory=factory, options=options, common=common)
 
     def build(self, spec: Spec | str, *runtime: Any) -> Any:
         """Resolve ``spec`` and call its factory with the run-time arguments."""
         return self.resolve(spec).build(*runtime)
 
 
-METHODS = Registry("uebench.methods", "method")
+# ``classes`` poisons only the named classes (numbers or names), for any method: the harness
+# crafts the method's noise once and leaves the other classes' images clean.
+METHODS = Registry("uebench.methods", "method", common={"classes": (tuple[str, ...] | None, None)})
 DEFENSES = Registry("uebench.defenses", "countermeasure")
 ARCHS = Registry("uebench.archs", "architecture")
 DATASETS = Registry("uebench.datasets", "dataset")

@@ -16,13 +16,14 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from uebench.cache import PoisonCache, cache_key
+from uebench.cache import PoisonCache, cache_key, method_identity
 from uebench.countermeasure import TrainingContext, TrainSet, build_countermeasure
 from uebench.data import ImageData
 from uebench.errors import UebenchError
 from uebench.method import CraftContext
 from uebench.poison import Poison, atomic_write
 from uebench.registry import ARCHS, DATASETS, DEFENSES, METHODS
+from uebench.scenarios import only_classes, resolve_classes
 from uebench.spec import split_list
 from uebench.store import ResultStore
 from uebench.training import (
@@ -79,15 +80,6 @@ class Cell:
     @functools.cached_property
     def cell_id(self) -> str:
         return cache_key(self.identity())[:16]
-
-
-def method_identity(spec: str) -> dict[str, Any]:
-    """A method's canonical options, with its source-model spec canonicalized as well."""
-    canonical = METHODS.resolve(spec).canonical()
-    source = canonical["options"].get("source")
-    if isinstance(source, str):
-        canonical["options"]["source"] = ARCHS.resolve(source).canonical()
-    return canonical
 
 
 @dataclass
@@ -199,16 +191,13 @@ def load_cell_data(
 def craft_poison(cell: Cell, data: ImageData, progress: bool = True) -> Poison:
     """The cell's poison, from the cache when any cell crafted it before."""
     resolved = METHODS.resolve(cell.method)
-    uses_training = getattr(resolved.factory, "uses_victim_training", False)
-    key = cache_key(
-        {
-            "method": method_identity(cell.method),
-            "data": data.fingerprint(),
-            "train": cell.train.as_dict() if uses_training else None,
-        }
-    )
-    ctx = CraftContext(resolve_device(cell.device), cell.train, progress)
-    return PoisonCache(cell.cache_dir).get_or_craft(key, lambda: resolved.build().craft(data, ctx))
+    cache = PoisonCache(cell.cache_dir)
+    ctx = CraftContext(resolve_device(cell.device), cell.train, progress, cache)
+    poison = ctx.craft(cell.method, data)
+    classes = resolved.options.get("classes")
+    if classes:
+        poison = only_classes(poison, data.y_train, resolve_classes(classes, data.classes))
+    return poison
 
 
 def run_cell(cell: Cell, progress: bool = True, model_path: Path | None = None) -> dict[str, Any]:

@@ -76,10 +76,21 @@ def _split_outside_brackets(text: str, separator: str) -> list[str]:
 
 
 def split_list(text: str | list[str] | tuple[str, ...]) -> list[str]:
-    """Split a comma-separated list of specs; a comma before a digit continues a value."""
+    """Split a comma-separated list of specs.
+
+    A comma before a digit continues a value (``classes=0,1,8,9``), and commas inside brackets
+    belong to the bracketed value (``emin:classes=[bird,ship]``).
+    """
     if isinstance(text, (list, tuple)):
         return [item for chunk in text for item in split_list(chunk)]
-    return [item.strip() for item in re.split(r",(?=\s*[A-Za-z_])", text) if item.strip()]
+    items, depth, start = [], 0, 0
+    for position, char in enumerate(text):
+        depth += {"[": 1, "]": -1}.get(char, 0)
+        if char == "," and depth == 0 and re.match(r"\s*[A-Za-z_]", text[position + 1 :]):
+            items.append(text[start:position])
+            start = position + 1
+    items.append(text[start:])
+    return [item.strip() for item in items if item.strip()]
 
 
 def parse_float(value: str) -> float:
