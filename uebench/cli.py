@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import inspect
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,7 @@ _RUN_FLAGS = {
 _INT_FLAGS = {"epochs", "batch_size", "train_size", "test_size"}
 
 #: Modules that add further subcommands (see the module docstring).
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("uebench.cli_certify",)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -113,11 +114,20 @@ def _list(kind: str | None) -> None:
             factory = registry.get(plugin)
             doc = (inspect.getdoc(factory) or "").splitlines()
             options = ", ".join(
-                f"{p.name}={p.default!r}" for p in registry.options(plugin).values()
+                f"{p.name} (required)" if p.default is p.empty else f"{p.name}={_show(p.default)}"
+                for p in registry.options(plugin).values()
             )
             print(f"  {plugin:16s} {doc[0] if doc else ''}")
             if options:
                 print(f"  {'':16s} options: {options}")
+
+
+def _show(value: Any) -> str:
+    """A default as a user would type it: 8/255 rather than 0.03137254901960784."""
+    as_fraction = isinstance(value, float) and abs(value * 255 - round(value * 255)) < 1e-9
+    if as_fraction and round(value, 6) != value and value < 1:
+        return f"{round(value * 255)}/255"
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -128,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     except UebenchError as error:
         print(f"uebench: error: {error}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # e.g. `uebench list | head`
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the flush at exit
     except KeyboardInterrupt:
         print(
             "uebench: interrupted; finished cells are saved, rerun the command to resume",

@@ -33,6 +33,7 @@ class TrainSet:
     x_val: torch.Tensor | None = None  # held-out clean validation images, if a plugin asks
     y_val: torch.Tensor | None = None
     notes: dict[str, Any] = field(default_factory=dict)  # copied into the cell's record
+    num_classes: int | None = None
 
 
 @dataclass

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from uebench.cache import PoisonCache, cache_key, method_identity
 from uebench.countermeasure import TrainingContext, TrainSet, build_countermeasure
 from uebench.data import ImageData
+from uebench.diagnostics import backdoor_success_rate, per_class_accuracy
 from uebench.errors import UebenchError
 from uebench.method import CraftContext
 from uebench.poison import Poison, atomic_write
@@ -217,7 +218,13 @@ def run_cell(cell: Cell, progress: bool = True, model_path: Path | None = None) 
     torch.manual_seed(cell.seed)
     countermeasure = build_countermeasure(cell.defense)
     trainset = countermeasure.prepare(
-        TrainSet(poison.apply(data.x_train), data.y_train, data.x_train, poison.rows >= 0),
+        TrainSet(
+            poison.apply(data.x_train),
+            data.y_train,
+            data.x_train,
+            poison.rows >= 0,
+            num_classes=data.num_classes,
+        ),
         generator,
     )
     model = ARCHS.build(cell.arch, data.num_classes, data.image_shape)
@@ -258,7 +265,17 @@ def run_cell(cell: Cell, progress: bool = True, model_path: Path | None = None) 
 
     predicted = predict(model, data.x_test, device, cell.train.eval_batch_size, cell.train.amp)
     confusion = confusion_matrix(predicted, data.y_test, data.num_classes)
-    per_class = 100.0 * confusion.diag().double() / confusion.sum(1).clamp(min=1).double()
+    per_class = per_class_accuracy(confusion)
+    backdoor = backdoor_success_rate(
+        model,
+        poison,
+        data.x_test,
+        data.y_test,
+        data.num_classes,
+        device,
+        torch.Generator().manual_seed(cell.seed),
+        cell.train.eval_batch_size,
+    )
     if countermeasure.overrides("after_training"):
         final_acc = 100.0 * float((predicted == data.y_test).float().mean())
     best = max(range(len(history)), key=lambda i: history[i].test_acc)
@@ -286,7 +303,8 @@ def run_cell(cell: Cell, progress: bool = True, model_path: Path | None = None) 
         "history": [asdict(stats) for stats in history],
         "classes": list(data.classes),
         "confusion_matrix": confusion.tolist(),
-        "per_class_acc": per_class.tolist(),
+        "per_class_acc": [None if value != value else value for value in per_class.tolist()],
+        "backdoor_success": backdoor,
         "poison_hash": poison.content_hash(),
         "poison": {
             **poison.meta,

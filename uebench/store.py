@@ -25,6 +25,7 @@ CSV_COLUMNS = [
     "best_epoch",
     "selected_acc",
     "selected_epoch",
+    "backdoor_success",
     "train_size",
     "test_size",
     "poison_hash",

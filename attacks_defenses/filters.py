@@ -1,0 +1,63 @@
+"""Dataset-level filters a thief may run over the training images before training (ISS-style):
+JPEG compression and grayscale conversion (Liu et al., "Image Shortcut Squeezing", 2023)."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import replace
+
+import numpy as np
+import torch
+from PIL import Image
+
+from uebench.countermeasure import Countermeasure, TrainSet
+from uebench.errors import UebenchError
+
+
+def _replace_images(train: TrainSet, x: torch.Tensor, **notes: object) -> TrainSet:
+    return replace(train, x=x, notes={**train.notes, **notes})
+
+
+def jpeg_roundtrip(x: torch.Tensor, quality: int) -> torch.Tensor:
+    """Encode every uint8 image as a JPEG file at ``quality`` and decode it again.
+
+    Pillow rather than torchvision.io: torchvision deprecated its codecs in 0.29, and a real
+    codec (not kornia's differentiable approximation) is what a thief's filter would run.
+    """
+    mode = {1: "L", 3: "RGB"}.get(x.shape[1])
+    if mode is None:
+        raise UebenchError(f"jpeg needs 1- or 3-channel images, got {x.shape[1]} channels")
+    pixels = x.permute(0, 2, 3, 1).numpy()
+    out = np.empty_like(pixels)
+    for index, image in enumerate(pixels):
+        buffer = io.BytesIO()
+        Image.fromarray(image.squeeze(-1) if mode == "L" else image, mode).save(
+            buffer, format="JPEG", quality=quality
+        )
+        decoded = np.asarray(Image.open(buffer).convert(mode))
+        out[index] = decoded.reshape(image.shape)
+    return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
+
+
+class JPEGCompression(Countermeasure):
+    """Re-encode the training images as JPEG (quality 10 in ISS)."""
+
+    def __init__(self, *, quality: int = 10) -> None:
+        if not 1 <= quality <= 100:
+            raise UebenchError(f"jpeg quality must be in 1..100, got {quality}")
+        self.quality = quality
+
+    def prepare(self, train: TrainSet, generator: torch.Generator) -> TrainSet:
+        x = jpeg_roundtrip(train.x, self.quality)
+        return _replace_images(train, x, jpeg_quality=self.quality)
+
+
+class Grayscale(Countermeasure):
+    """Replace the training images by their luminance, repeated over the colour channels."""
+
+    def prepare(self, train: TrainSet, generator: torch.Generator) -> TrainSet:
+        if train.x.shape[1] != 3:
+            raise UebenchError("grayscale needs 3-channel images")
+        weights = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+        gray = (train.x.float() * weights).sum(1, keepdim=True).round().clamp(0, 255)
+        return _replace_images(train, gray.to(torch.uint8).expand_as(train.x).contiguous())
