@@ -2,27 +2,36 @@
 
 The record gives the indices that stayed poisoned, and, unless ``clean_baseline=false``, the
 clean test accuracy of a second model trained on the clean part alone (Table 2's D_c column):
-when both numbers match, the poisoned part contributed nothing to learning.
+when both numbers match, the poisoned part contributed nothing to learning.  ``part=poisoned``
+or ``part=clean`` trains on one part only, for Figure 2(a–b)'s three learning curves.
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
 from uebench.countermeasure import Countermeasure, TrainingContext, TrainSet
+from uebench.errors import UebenchError
 from uebench.method import check_fraction
 
 
 class PartialPoisoning(Countermeasure):
     """Poison only a random fraction ``rate`` of the images; the rest stay clean."""
 
-    def __init__(self, *, rate: float, clean_baseline: bool = True) -> None:
+    def __init__(
+        self,
+        *,
+        rate: float,
+        part: Literal["both", "poisoned", "clean"] = "both",
+        clean_baseline: bool = True,
+    ) -> None:
         self.rate = check_fraction("partial rate", rate)
-        self.clean_baseline = clean_baseline
+        self.part = part
+        self.clean_baseline = clean_baseline and part == "both"
 
     def prepare(self, train: TrainSet, generator: torch.Generator) -> TrainSet:
         candidates = torch.nonzero(train.poisoned).flatten()
@@ -37,7 +46,19 @@ class PartialPoisoning(Countermeasure):
             "poisoned_count": len(keep),
             "poisoned_indices": keep.tolist(),
         }
-        return replace(train, x=x, poisoned=poisoned, notes=notes)
+        if self.part == "both":
+            return replace(train, x=x, poisoned=poisoned, notes=notes)
+        chosen = poisoned if self.part == "poisoned" else ~poisoned
+        if not chosen.any():
+            raise UebenchError(f"partial:rate={self.rate:g} leaves no {self.part} images")
+        return replace(
+            train,
+            x=x[chosen],
+            y=train.y[chosen],
+            clean_x=train.clean_x[chosen],
+            poisoned=poisoned[chosen],
+            notes={**notes, "part": self.part, "trained_on": int(chosen.sum())},
+        )
 
     def after_training(
         self, model: nn.Module, train: TrainSet, context: TrainingContext

@@ -102,6 +102,15 @@ def test_partial_poisons_exactly_the_requested_fraction():
     assert torch.equal(again.poisoned, train.poisoned)  # seeded
 
 
+@pytest.mark.parametrize("part", ["poisoned", "clean"])
+def test_partial_can_train_on_one_part_only(part):
+    original = trainset(200)
+    _, train = prepared(f"partial:rate=0.3:part={part}", original)
+    assert len(train.y) == (60 if part == "poisoned" else 140)
+    assert bool(train.poisoned.all()) is (part == "poisoned")
+    assert not train.poisoned.any() or part == "poisoned"
+
+
 def test_partial_only_draws_from_images_that_had_noise():
     _, train = prepared("partial:rate=0.5", trainset(100, poisoned_share=0.4))
     assert int(train.poisoned.sum()) == 20

@@ -1,0 +1,95 @@
+"""``uebench diagnose RUN_DIR``: a cell's diagnostics as text — learning curve, per-class
+accuracy, confusion matrix, backdoor success and what its countermeasure recorded."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from uebench.errors import UebenchError
+from uebench.store import ResultStore
+
+# Bulky notes a terminal reader does not want in full.
+_LONG_NOTES = {"poisoned_indices", "clean_part_history"}
+
+
+def register(commands: Any) -> None:
+    parser = commands.add_parser(
+        "diagnose", help="per-cell learning curve, per-class accuracy, confusion, backdoor rate"
+    )
+    parser.add_argument("run_dir", help="a results folder written by `uebench run`")
+    parser.add_argument("--cell", help="only cells whose id starts with this")
+    parser.add_argument("--method", help="only cells of this method spec")
+    parser.add_argument("--defense", help="only cells of this countermeasure spec")
+    parser.set_defaults(handler=_diagnose)
+
+
+def select_records(
+    run_dir: str | Path,
+    cell: str | None = None,
+    method: str | None = None,
+    defense: str | None = None,
+) -> list[dict[str, Any]]:
+    """The finished cells of ``run_dir`` that match every given filter."""
+    store = ResultStore(run_dir)
+    if not store.cells.is_dir():
+        raise UebenchError(f"{run_dir} holds no results (no cells/ folder); run `uebench run`")
+    records = [
+        r
+        for r in store.records()
+        if (cell is None or r["cell_id"].startswith(cell))
+        and (method is None or r["method"] == method)
+        and (defense is None or r["defense"] == defense)
+    ]
+    if not records:
+        raise UebenchError(f"no finished cell in {run_dir} matches the filters")
+    return records
+
+
+def describe(record: dict[str, Any]) -> str:
+    """One cell's diagnostics as a block of text."""
+    lines = [
+        f"cell {record['cell_id']}: {record['dataset']} · {record['method']} · "
+        f"{record['defense']} · {record['arch']} · seed {record['seed']}",
+        f"  clean test accuracy: final {record['final_acc']:.2f}, peak {record['best_acc']:.2f} "
+        f"(epoch {record['best_epoch']}), selected {record['selected_acc']:.2f} "
+        f"(epoch {record['selected_epoch']})",
+    ]
+    if record.get("trained_acc") is not None and record["trained_acc"] != record["final_acc"]:
+        lines.append(
+            f"  before the countermeasure's after-training step: {record['trained_acc']:.2f}"
+        )
+    if record.get("backdoor_success") is not None:
+        lines.append(
+            f"  backdoor success (class noise as trigger): {record['backdoor_success']:.2f}%"
+        )
+    curve = " ".join(f"{h['test_acc']:.0f}" for h in record["history"])
+    lines.append(f"  learning curve (test acc per epoch): {curve}")
+    notes = {
+        k: v for k, v in record.get("countermeasure_notes", {}).items() if k not in _LONG_NOTES
+    }
+    if notes:
+        lines.append("  countermeasure: " + ", ".join(f"{k}={_short(v)}" for k, v in notes.items()))
+    classes = record["classes"]
+    per_class = pd.Series(record["per_class_acc"], index=classes, name="acc %", dtype=float)
+    lines.append(
+        "  per-class accuracy:  "
+        + "  ".join(f"{name} {value:.0f}" for name, value in per_class.items())
+    )
+    confusion = pd.DataFrame(record["confusion_matrix"], index=classes, columns=classes)
+    confusion.index.name = "true \\ predicted"
+    lines.append("  confusion matrix:")
+    lines.extend("    " + row for row in confusion.to_string().splitlines())
+    return "\n".join(lines)
+
+
+def _short(value: Any) -> str:
+    return f"{value:.2f}" if isinstance(value, float) else str(value)
+
+
+def _diagnose(args: argparse.Namespace) -> None:
+    records = select_records(args.run_dir, args.cell, args.method, args.defense)
+    print("\n\n".join(describe(record) for record in records))
