@@ -1,9 +1,11 @@
-"""``transfer``: class-wise noise crafted on another dataset, applied by a class mapping (§4.4).
+"""``transfer``: noise crafted on another dataset, applied to this one (§4.4).
 
-The noise method runs on the *source* dataset (e.g. ImageNet resized to 32×32); each target
-class then takes the noise of the source class it is mapped to (Table 4's ImageNet→CIFAR-10
-mapping is ``examples/imagenet_to_cifar10.csv``).  Target classes left out of the mapping stay
-clean, which gives Figure 3(c)'s four-unlearnable-classes setting.
+The noise method runs on the *source* dataset.  Class-wise noise is mapped class to class: each
+target class takes the noise of the source class it is mapped to (Table 4's ImageNet→CIFAR-10
+mapping is ``examples/imagenet_to_cifar10_wnids.csv``); target classes left out of the mapping
+stay clean, which gives Figure 3(c)'s four-unlearnable-classes setting.  Sample-wise noise
+belongs to images, so it goes to the target images that *are* source images (byte-identical),
+e.g. CIFAR-10's ships inside ``add-classes:base=cifar100:extra=cifar10:classes=ship``.
 """
 
 from __future__ import annotations
@@ -76,8 +78,13 @@ class Transfer(Method):
                 f"{data.image_shape}; load the source at the target's size"
             )
         crafted = ctx.craft(self.method, source)
+        if crafted.form == "sample" and len(crafted.rows) == len(source.y_train):
+            return self._by_image(crafted, source, data)
         if crafted.form != "class" or len(crafted.delta) != source.num_classes:
-            raise UebenchError(f"transfer needs class-wise noise; {self.method!r} is not")
+            raise UebenchError(
+                f"transfer needs class-wise or sample-wise noise; {self.method!r} gives "
+                f"{crafted.form!r}"
+            )
         targets_to_sources = self._class_map(data, source)
         bank = torch.zeros(data.num_classes, *data.image_shape)
         for target, origin in targets_to_sources.items():
@@ -98,6 +105,24 @@ class Transfer(Method):
             meta["mapping_sha256"] = hashlib.sha256(Path(self.mapping).read_bytes()).hexdigest()
         return Poison(bank, rows, crafted.eps, meta)
 
+    def _by_image(self, crafted: Poison, source: ImageData, data: ImageData) -> Poison:
+        """Sample-wise noise onto the target images that are byte-identical to source images."""
+        owners = {_image_key(image): index for index, image in enumerate(source.x_train)}
+        found = [owners.get(_image_key(image), -1) for image in data.x_train]
+        origin = torch.tensor(found, dtype=torch.long)
+        hit = origin >= 0
+        if not hit.any():
+            raise UebenchError(f"transfer: no training image of the target is in {self.dataset}")
+        rows = torch.where(hit, crafted.rows[origin.clamp(min=0)], -1)
+        meta = {
+            "form": "sample",
+            "source_dataset": source.name,
+            "source_fingerprint": source.fingerprint(),
+            "source_poison": crafted.content_hash(),
+            "images_matched": int(hit.sum()),
+        }
+        return Poison(crafted.delta, rows, crafted.eps, meta)
+
     def _class_map(self, data: ImageData, source: ImageData) -> dict[int, int]:
         """Target class → source class: the mapping file, else equal names, else equal numbers."""
         if self.pairs is not None:
@@ -116,3 +141,7 @@ class Transfer(Method):
         raise UebenchError(
             f"transfer: the classes of {self.dataset} and the target differ; give mapping=FILE"
         )
+
+
+def _image_key(image: torch.Tensor) -> bytes:
+    return hashlib.blake2b(image.numpy().tobytes(), digest_size=16).digest()

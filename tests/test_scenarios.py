@@ -23,13 +23,16 @@ CLASSES = ("airplane", "bird", "cat", "ship")
 
 def tiny_data(n: int = 80, side: int = 8, seed: int = 0, classes=CLASSES) -> ImageData:
     generator = torch.Generator().manual_seed(seed)
-    make = lambda count: torch.randint(
-        0,
-        256,
-        (count, 3, side, side),
-        dtype=torch.uint8,  # noqa: E731
-        generator=generator,
-    )
+
+    def make(count):
+        return torch.randint(
+            0,
+            256,
+            (count, 3, side, side),
+            dtype=torch.uint8,
+            generator=generator,
+        )
+
     y = torch.arange(n) % len(classes)
     return ImageData(
         "tiny", make(n), y, make(n // 2), torch.arange(n // 2) % len(classes), tuple(classes)
@@ -172,8 +175,24 @@ def test_transfer_rejects_bad_inputs(tmp_path):
     with pytest.raises(UebenchError, match="'target' and 'source'"):
         METHODS.build(f"transfer:mapping={bad}")
     same = _npz(tmp_path / "same.npz", tiny_data(40, seed=2))
-    with pytest.raises(UebenchError, match="needs class-wise noise"):
+    with pytest.raises(UebenchError, match="no training image of the target"):
         METHODS.build(f"transfer:method=random:dataset=[npz:{same}]").craft(target, context())
+
+
+def test_samplewise_transfer_follows_images_into_a_merged_dataset(tmp_path):
+    from uebench.datasets import load_dataset
+
+    base = _npz(tmp_path / "base.npz", tiny_data(40, seed=3, classes=("a", "b")))
+    extra_data = tiny_data(80, seed=4)
+    extra = _npz(tmp_path / "extra.npz", extra_data)
+    merged = load_dataset(f"add-classes:base=[npz:{base}]:extra=[npz:{extra}]:classes=ship")
+    assert merged.num_classes == 3 and merged.classes[2] == "ship (extra)"
+    assert int((merged.y_train == 2).sum()) == int((extra_data.y_train == 3).sum())
+    poison = METHODS.build(f"transfer:method=random:dataset=[npz:{extra}]").craft(merged, context())
+    crafted = METHODS.build("random").craft(extra_data, context())
+    assert torch.equal(poison.rows >= 0, merged.y_train == 2)  # only the added ships
+    ships = torch.nonzero(extra_data.y_train == 3).flatten()
+    assert torch.equal(poison.delta[poison.rows[merged.y_train == 2]], crafted.delta[ships])
 
 
 def test_backdoor_rate_is_a_rate_and_only_for_class_wise_noise():

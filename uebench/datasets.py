@@ -377,6 +377,43 @@ BUILTIN_DATASETS: dict[str, Callable[..., ImageData]] = {
 }
 
 
+def add_classes(
+    root: str | None,
+    *,
+    base: str = "cifar100",
+    extra: str = "cifar10",
+    extra_root: str | None = None,
+    classes: tuple[str, ...] = ("ship",),
+) -> ImageData:
+    """``base`` with some classes of ``extra`` appended as new classes (train and test).
+
+    Section 4.4's sample-wise transfer: CIFAR-10's 'ship' images added to CIFAR-100 as a 101st
+    class; with ``transfer:method=[emin]:dataset=cifar10`` those images carry the noise crafted
+    for them on CIFAR-10.  ``extra_root`` defaults to ``--data-root``.
+    """
+    from uebench.scenarios import resolve_classes
+
+    first = DATASETS.build(base, root)
+    second = DATASETS.build(extra, extra_root or root)
+    if first.image_shape != second.image_shape:
+        raise UebenchError(
+            f"add-classes: {base} images are {first.image_shape}, {extra} images "
+            f"{second.image_shape}"
+        )
+    chosen = resolve_classes(classes, second.classes)
+    relabel = torch.full((second.num_classes,), -1, dtype=torch.long)
+    relabel[torch.tensor(chosen)] = torch.arange(len(chosen)) + first.num_classes
+
+    def join(x: torch.Tensor, y: torch.Tensor, x_more: torch.Tensor, y_more: torch.Tensor):
+        keep = relabel[y_more] >= 0
+        return torch.cat([x, x_more[keep]]), torch.cat([y, relabel[y_more][keep]])
+
+    x_train, y_train = join(first.x_train, first.y_train, second.x_train, second.y_train)
+    x_test, y_test = join(first.x_test, first.y_test, second.x_test, second.y_test)
+    names = (*first.classes, *(f"{second.classes[k]} ({second.name})" for k in chosen))
+    return ImageData(f"{first.name}+{second.name}", x_train, y_train, x_test, y_test, names)
+
+
 def load_dataset(
     spec: str,
     root: str | None = None,
