@@ -60,7 +60,7 @@ def test_only_classes_leaves_other_classes_clean():
     assert kept.meta["classes"] == [1, 3]
 
 
-def test_a_single_unlearnable_class_run_records_what_was_poisoned(tmp_path):
+def test_a_single_unlearnable_class_run_records_what_was_poisoned(tmp_path, capsys):
     table = run_grid(
         GridConfig(
             dataset="digits:size=8",
@@ -87,6 +87,13 @@ def test_a_single_unlearnable_class_run_records_what_was_poisoned(tmp_path):
     for record in records.values():
         assert 0 <= record["backdoor_success"] <= 100
     assert len(table) == 2
+
+    from uebench.cli import main
+
+    assert main(["diagnose", str(tmp_path / "run"), "--method", "random:form=class:classes=2"]) == 0
+    shown = capsys.readouterr().out
+    assert "confusion matrix" in shown and "backdoor success" in shown and "classes=2" in shown
+    assert main(["diagnose", str(tmp_path / "run"), "--method", "nope"]) == 2
 
 
 def test_mixture_choose_draws_from_both_sets(tmp_path):
