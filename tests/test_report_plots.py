@@ -1,0 +1,132 @@
+"""Plots are written as valid PNGs; the report embeds (HTML) or links (Markdown) them."""
+
+import base64
+import re
+import struct
+import sys
+
+import pytest
+from test_leaderboard import write_cell
+
+from uebench import plots
+from uebench.cli import main
+from uebench.errors import UebenchError
+from uebench.leaderboard import leaderboard
+from uebench.report import write_report
+
+pytest.importorskip("matplotlib")
+pytest.importorskip("seaborn")
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    """Width and height of a PNG, after checking its signature and header chunk."""
+    assert data[:8] == PNG and data[12:16] == b"IHDR"
+    return struct.unpack(">II", data[16:24])
+
+
+def assert_valid_png(path):
+    width, height = png_size(path.read_bytes())
+    assert width > 200 and height > 150
+    import matplotlib.image
+
+    assert matplotlib.image.imread(path).shape[:2] == (height, width)  # decodes fully
+
+
+def history(final, epochs=4):
+    return [
+        {"epoch": e, "test_acc": final * e / epochs, "train_acc": 50.0, "train_loss": 1.0}
+        for e in range(1, epochs + 1)
+    ]
+
+
+def confusion(accuracy):
+    diagonal = round(accuracy / 10)
+    return [
+        [diagonal if i == j else (10 - diagonal) * (j == (i + 1) % 3) for j in range(3)]
+        for i in range(3)
+    ]
+
+
+@pytest.fixture
+def run(tmp_path):
+    run_dir = tmp_path / "run"
+    cells = {("clean", "none"): [90, 88], ("emin", "none"): [15, 25], ("emin", "cutout"): [40, 50]}
+    for rate, accs in {0.2: [80, 84], 0.6: [60, 66]}.items():
+        cells[("emin", f"partial:rate={rate}")] = accs
+    for (method, defense), accs in cells.items():
+        for seed, acc in enumerate(accs):
+            notes = {}
+            if defense.startswith("partial"):
+                rate = float(defense.split("=")[1])
+                notes = {"rate": rate, "clean_part_acc": acc - 5.0, "poisoned_indices": [1, 2]}
+            write_cell(
+                run_dir,
+                method,
+                defense,
+                seed,
+                float(acc),
+                history=history(acc),
+                confusion_matrix=confusion(acc),
+                classes=["zero", "one", "two"],
+                notes=notes,
+            )
+    return run_dir
+
+
+def test_each_plot_is_a_valid_png(run, tmp_path):
+    board, records = leaderboard([run])
+    out = tmp_path / "plots"
+    heat = plots.heatmaps(board, out)
+    curves = plots.learning_curves(records, out)
+    partial = plots.partial_curves(records, out)
+    matrices = plots.confusion_matrices(records, out)
+    assert [p.name for p in heat] == ["heatmap_cluttered-digits_smallcnn.png"]
+    assert [p.name for p in curves] == ["curves_cluttered-digits_smallcnn.png"]
+    assert [p.name for p in partial] == ["partial_cluttered-digits_smallcnn.png"]
+    assert len(matrices) == 4  # one per countermeasure: none, cutout, two partial rates
+    for path in heat + curves + partial + matrices:
+        assert_valid_png(path)
+    assert not list(out.glob(".*"))  # no temporary files left behind
+
+
+def test_no_partial_cells_no_partial_plot(tmp_path):
+    write_cell(tmp_path / "r", "emin", "none", 0, 20.0, history=history(20))
+    _, records = leaderboard([tmp_path / "r"])
+    assert plots.partial_curves(records, tmp_path / "p") == []
+
+
+def test_missing_plotting_library_is_one_line(monkeypatch):
+    monkeypatch.setitem(sys.modules, "seaborn", None)  # makes `import seaborn` fail
+    with pytest.raises(UebenchError, match=r"plots need matplotlib and seaborn.*uebench\[plots\]"):
+        plots.plotting()
+
+
+def test_html_report_is_self_contained(run, tmp_path):
+    page = write_report([run], tmp_path / "report", references=[])
+    text = page.read_text()
+    assert page.name == "report.html" and text.startswith("<!DOCTYPE html>")
+    images = re.findall(r'src="([^"]+)"', text)
+    assert len(images) == 7 and all(src.startswith("data:image/png;base64,") for src in images)
+    for src in images:
+        png_size(base64.b64decode(src.split(",", 1)[1]))
+    assert "Leaderboard" in text and "20.00 ± 7.07" in text  # emin/none over two seeds
+
+
+def test_cli_markdown_report_links_pngs_and_compares(run, tmp_path, capsys):
+    references = tmp_path / "mine.csv"
+    references.write_text(
+        "id,dataset,method,defense,arch,value,tolerance\n"
+        "a,cluttered-digits,emin,none,smallcnn,20,2\nb,cluttered-digits,emin,cutout,smallcnn,10,2\n"
+    )
+    assert main(["report", str(run), "--format", "md", "-r", str(references)]) == 0
+    page = run / "report" / "report.md"  # the default output folder
+    assert f"wrote {page}" in capsys.readouterr().out
+    text = page.read_text()
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
+    assert len(links) == 7
+    for link in links:
+        assert_valid_png(page.parent / link)
+    assert "## Against reported numbers" in text
+    assert "2 of 2 references measured in this run; 1 outside their tolerance." in text

@@ -1,0 +1,141 @@
+"""``uebench leaderboard``, ``uebench compare`` and ``uebench report`` (a CLI command module)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from uebench.errors import UebenchError
+from uebench.leaderboard import RANK_BY
+
+
+def register(commands: Any) -> None:
+    """Add the three subcommands to the ``uebench`` parser."""
+    board = commands.add_parser(
+        "leaderboard", help="aggregate run folders over seeds into a leaderboard"
+    )
+    board.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="uebench results folders")
+    board.add_argument(
+        "-o",
+        "--out",
+        metavar="NAME.csv",
+        help="write NAME.csv (one row per cell setting), NAME.pivot.csv and NAME.md; "
+        "default: print the Markdown",
+    )
+    _metric_options(board)
+    board.set_defaults(handler=_leaderboard)
+
+    comparing = commands.add_parser("compare", help="measured numbers beside reported ones")
+    comparing.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="uebench results folders")
+    comparing.add_argument(
+        "-r",
+        "--reference",
+        action="append",
+        required=True,
+        metavar="SOURCE",
+        help="a reference source name (huang2021, apbench, uebench-mini, ...) or file; repeatable",
+    )
+    comparing.add_argument(
+        "--all", action="store_true", help="also list the references this run did not measure"
+    )
+    comparing.add_argument("-o", "--out", metavar="FILE.csv|FILE.md", help="also write the table")
+    comparing.add_argument(
+        "--check", action="store_true", help="exit with status 1 when a number is out of tolerance"
+    )
+    comparing.set_defaults(handler=_compare)
+
+    report = commands.add_parser(
+        "report", help="an HTML (or Markdown) page of a run's tables and plots"
+    )
+    report.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="uebench results folders")
+    report.add_argument(
+        "-o", "--out", metavar="DIR", help="output folder (default: RUN_DIR/report of the first)"
+    )
+    report.add_argument("--format", choices=("html", "md"), default="html", help="default html")
+    report.add_argument(
+        "-r",
+        "--reference",
+        action="append",
+        default=[],
+        metavar="SOURCE",
+        help="add a comparison with this reference source; repeatable",
+    )
+    _metric_options(report)
+    report.set_defaults(handler=_report)
+
+
+def _metric_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--metric",
+        default="final_acc",
+        help="accuracy column: final_acc (default), selected_acc (the countermeasure's choice, "
+        "e.g. early stopping), best_acc, trained_acc, or a countermeasure note "
+        "such as clean_part_acc",
+    )
+    parser.add_argument(
+        "--rank-by",
+        choices=RANK_BY,
+        default="mean",
+        help="order methods by their mean over countermeasures (default) or their worst case",
+    )
+
+
+def _leaderboard(args: argparse.Namespace) -> None:
+    from uebench.leaderboard import board_markdown, leaderboard, write_board
+
+    board, _ = leaderboard(args.run_dirs, args.metric)
+    if args.out is None:
+        print(board_markdown(board, args.rank_by))
+        return
+    for path in write_board(board, args.out, args.rank_by):
+        print(f"wrote {path}")
+
+
+def _compare(args: argparse.Namespace) -> None:
+    import pandas as pd
+
+    from uebench.leaderboard import cells_frame, markdown_table, read_records
+    from uebench.poison import atomic_write
+    from uebench.references import compare, load_references
+
+    references = load_references(*args.reference)
+    table = compare(references, cells_frame(read_records(args.run_dirs)))
+    measured = table[table["status"] != "not measured"]
+    shown = table if args.all else measured
+    if shown.empty:
+        stated = sorted({f"{r.dataset} at {r.epochs or 'any'} epochs" for r in references})
+        print(
+            f"no measured cell matches any of the {len(references)} references "
+            f"({', '.join(args.reference)} speak about {'; '.join(stated)})"
+        )
+    else:
+        with pd.option_context("display.width", 250, "display.max_colwidth", 60):
+            print(
+                shown.drop(columns=["dataset", "cited"]).to_string(index=False, float_format="%.2f")
+            )
+        mismatches = int((measured["status"] == "MISMATCH").sum())
+        print(
+            f"\n{len(measured)} of {len(table)} references measured; "
+            f"{mismatches} outside their tolerance"
+        )
+    if args.out:
+        out = Path(args.out)
+        if out.suffix == ".md":
+            text = markdown_table(shown) + "\n"
+        elif out.suffix == ".csv":
+            text = shown.to_csv(index=False, float_format="%.4g")
+        else:
+            raise UebenchError(f"compare output must end in .csv or .md, got {out}")
+        atomic_write(out, lambda stream: stream.write(text), mode="w")
+        print(f"wrote {out}")
+    if args.check and (measured["status"] == "MISMATCH").any():
+        raise SystemExit(1)
+
+
+def _report(args: argparse.Namespace) -> None:
+    from uebench.report import write_report
+
+    out = args.out or str(Path(args.run_dirs[0]) / "report")
+    page = write_report(args.run_dirs, out, args.format, args.metric, args.rank_by, args.reference)
+    print(f"wrote {page}")

@@ -1,0 +1,362 @@
+"""Leaderboards: per-cell records from run folders, aggregated over seeds.
+
+One row per dataset × method × countermeasure × architecture (and training protocol), with the
+mean, standard deviation and count over seeds of one accuracy column, ranked so that the most
+effective method (lowest clean test accuracy) comes first; plus the wide method × countermeasure
+pivot and both as Markdown.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from uebench.errors import UebenchError
+from uebench.poison import atomic_write
+from uebench.spec import parse_spec
+
+#: The accuracy columns every record has; ``final_acc`` is the default.
+ACCURACY_METRICS = ("final_acc", "selected_acc", "best_acc", "trained_acc")
+#: How the pivot orders methods: by their mean over countermeasures, or by their worst case
+#: for the poisoner (the highest accuracy any countermeasure recovers).
+RANK_BY = ("mean", "worst")
+
+_REQUIRED_TEXT = ("dataset", "method", "defense", "arch")
+_KINDS = ("dataset", "method", "defense", "arch")
+_SETTING = ["dataset", "arch", "epochs", "train_size", "test_size"]
+
+
+# --- reading records ---------------------------------------------------------------------------
+
+
+def read_records(run_dirs: Iterable[str | Path]) -> list[dict[str, Any]]:
+    """Every cell record (``RUN_DIR/cells/*.json``) of the given run folders, validated.
+
+    A cell id found in two folders is the same cell (same configuration and seed) and is counted
+    once, from the first folder.  Each record gets ``_path``, the file it came from.
+    """
+    records: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for run_dir in run_dirs:
+        root = Path(run_dir)
+        cells = root / "cells"
+        if not cells.is_dir():
+            if not root.exists():
+                raise UebenchError(f"results folder {root} does not exist")
+            raise UebenchError(f"{root} is not a uebench results folder (it has no cells/ folder)")
+        for path in sorted(cells.glob("*.json")):
+            record = read_record(path)
+            cell_id = str(record.get("cell_id") or path.stem)
+            if cell_id not in seen:
+                seen.add(cell_id)
+                records.append({**record, "_path": str(path)})
+    if not records:
+        names = ", ".join(str(d) for d in run_dirs)
+        raise UebenchError(f"no finished cells in {names}")
+    return records
+
+
+def read_record(path: str | Path) -> dict[str, Any]:
+    """One cell record; a malformed file raises a one-line :class:`UebenchError` naming it."""
+    path = Path(path)
+    try:
+        record = json.loads(path.read_text())
+    except OSError as error:
+        raise UebenchError(f"cannot read record {path}: {error.strerror}") from None
+    except ValueError as error:
+        raise UebenchError(f"record {path} is not valid JSON: {error}") from None
+    if not isinstance(record, dict):
+        raise UebenchError(f"record {path} is not a JSON object")
+    for key in _REQUIRED_TEXT:
+        if not isinstance(record.get(key), str) or not record[key]:
+            raise UebenchError(f"record {path} has no {key!r} (a spec string)")
+    if not isinstance(record.get("seed"), int) or isinstance(record.get("seed"), bool):
+        raise UebenchError(f"record {path}: 'seed' must be an integer, got {record.get('seed')!r}")
+    for key in ("final_acc", *ACCURACY_METRICS[1:]):
+        if key in record and record[key] is not None and not _is_number(record[key]):
+            raise UebenchError(f"record {path}: {key!r} must be a number, got {record[key]!r}")
+    if not _is_number(record.get("final_acc")):
+        raise UebenchError(f"record {path} has no numeric 'final_acc'")
+    history = record.get("history", [])
+    if not isinstance(history, list) or not all(isinstance(h, dict) for h in history):
+        raise UebenchError(f"record {path}: 'history' must be a list of per-epoch objects")
+    notes = record.get("countermeasure_notes", {})
+    if notes is not None and not isinstance(notes, dict):
+        raise UebenchError(f"record {path}: 'countermeasure_notes' must be an object")
+    return record
+
+
+def _is_number(value: Any) -> bool:
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(float(value))
+    )
+
+
+def metric_value(record: dict[str, Any], metric: str) -> float | None:
+    """``record[metric]``, else ``record['countermeasure_notes'][metric]``, as a float or None."""
+    value = record.get(metric)
+    if value is None:
+        value = (record.get("countermeasure_notes") or {}).get(metric)
+    return float(value) if _is_number(value) else None
+
+
+# --- spelling-independent keys -----------------------------------------------------------------
+
+
+@functools.cache
+def spec_key(kind: str, spec: str) -> str:
+    """A key equal for two spellings of one configuration (``emin`` and ``emin:form=sample``).
+
+    The key is the registry's canonical form (the one cell ids are hashed from); a spec whose
+    plugin is not installed here falls back to its normalized text, so it still matches itself.
+    """
+    try:
+        return json.dumps(_canonical(kind, spec), sort_keys=True)
+    except UebenchError:
+        return "?" + _normalized(spec)
+
+
+def _canonical(kind: str, spec: str) -> Any:
+    from uebench.registry import ARCHS, DATASETS, DEFENSES
+
+    if kind == "method":
+        from uebench.runner import method_identity
+
+        return method_identity(spec)
+    if kind == "defense":
+        return [DEFENSES.resolve(part).canonical() for part in spec.split("+")]
+    if kind == "arch":
+        return ARCHS.resolve(spec).canonical()
+    if kind == "dataset":
+        return DATASETS.resolve(spec).canonical()
+    raise ValueError(f"unknown spec kind {kind!r}")
+
+
+def _normalized(spec: str) -> str:
+    try:
+        parts = [parse_spec(part) for part in spec.split("+")]
+    except UebenchError:
+        return spec.strip()
+    return "+".join(
+        p.name + "".join(f":{k}={v}" for k, v in sorted(p.options.items())) for p in parts
+    )
+
+
+def _record_keys(record: dict[str, Any]) -> dict[str, str]:
+    identity = (record.get("config") or {}).get("identity")
+    if isinstance(identity, dict) and all(k in identity for k in _KINDS):
+        keys = {f"_key_{k}": json.dumps(identity[k], sort_keys=True) for k in _KINDS}
+        protocol = {k: identity.get(k) for k in ("train", "train_size", "test_size")}
+    else:
+        keys = {f"_key_{k}": spec_key(k, record[k]) for k in _KINDS}
+        protocol = {k: record.get(k) for k in ("epochs", "train_size", "test_size")}
+    keys["_key_protocol"] = json.dumps(protocol, sort_keys=True)
+    return keys
+
+
+# --- tables ------------------------------------------------------------------------------------
+
+
+def cells_frame(records: Sequence[dict[str, Any]]) -> pd.DataFrame:
+    """One row per cell: its fields, every accuracy column and every numeric countermeasure note
+    (``rate``, ``clean_part_acc``, ...), plus the ``_key_*`` columns used for grouping."""
+    rows = []
+    for record in records:
+        row: dict[str, Any] = {
+            key: record.get(key)
+            for key in ("cell_id", "dataset", "method", "defense", "arch", "seed")
+        }
+        for key in ("epochs", "train_size", "test_size"):
+            row[key] = record.get(key)
+        for key in ACCURACY_METRICS:
+            row[key] = metric_value(record, key)
+        for key, value in (record.get("countermeasure_notes") or {}).items():
+            if key not in row and _is_number(value):
+                row[key] = float(value)
+        row["_path"] = record.get("_path")
+        row.update(_record_keys(record))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def aggregate(cells: pd.DataFrame, metric: str = "final_acc") -> pd.DataFrame:
+    """Mean, std (sample, n-1) and count over seeds per dataset × method × countermeasure × arch
+    and protocol, with ``rank`` 1 for the most effective method in each dataset × arch ×
+    countermeasure group; rows sorted by that group, then by accuracy (lowest first)."""
+    if metric not in cells.columns or cells[metric].isna().all():
+        known = [c for c in cells.columns if not c.startswith("_") and _numeric(cells[c])]
+        raise UebenchError(
+            f"no cell has a number for {metric!r}; numeric columns: {', '.join(known)}"
+        )
+    cells = cells.dropna(subset=[metric])
+    keys = ["_key_dataset", "_key_arch", "_key_protocol", "_key_defense", "_key_method"]
+    grouped = cells.groupby(keys, sort=False, dropna=False)
+    board = grouped.agg(
+        dataset=("dataset", "first"),
+        arch=("arch", "first"),
+        defense=("defense", "first"),
+        method=("method", "first"),
+        epochs=("epochs", "first"),
+        train_size=("train_size", "first"),
+        test_size=("test_size", "first"),
+        mean=(metric, "mean"),
+        std=(metric, "std"),
+        n=(metric, "count"),
+        min=(metric, "min"),
+        max=(metric, "max"),
+        seeds=("seed", lambda s: ",".join(str(v) for v in sorted(set(s)))),
+    ).reset_index()
+    board["metric"] = metric
+    setting = ["_key_dataset", "_key_arch", "_key_protocol", "_key_defense"]
+    board["rank"] = board.groupby(setting)["mean"].rank(method="min").astype(int)
+    if board["_key_protocol"].nunique() > 1:
+        codes = {key: i + 1 for i, key in enumerate(dict.fromkeys(board["_key_protocol"]))}
+        board["protocol"] = board["_key_protocol"].map(codes)
+    board["_defense_order"] = board["defense"].map(lambda d: (d != "none", d))
+    board = board.sort_values(
+        ["dataset", "arch", "epochs", "train_size", "_key_protocol", "_defense_order", "mean"],
+        kind="stable",
+    )
+    board = board.drop(columns=["_defense_order"]).reset_index(drop=True)
+    columns = [
+        "dataset",
+        "arch",
+        "defense",
+        "method",
+        "rank",
+        "metric",
+        "mean",
+        "std",
+        "n",
+        "seeds",
+        "min",
+        "max",
+        "epochs",
+        "train_size",
+        "test_size",
+    ]
+    if "protocol" in board.columns:
+        columns.append("protocol")
+    return board[columns + [k for k in board.columns if k.startswith("_key_")]]
+
+
+def _numeric(column: pd.Series) -> bool:
+    return pd.api.types.is_numeric_dtype(column) and column.notna().any()
+
+
+def leaderboard(
+    run_dirs: Iterable[str | Path], metric: str = "final_acc"
+) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
+    """The aggregated board of the run folders, and the records it was built from."""
+    records = read_records(run_dirs)
+    return aggregate(cells_frame(records), metric), records
+
+
+def _setting_columns(board: pd.DataFrame) -> list[str]:
+    """The columns that tell settings apart: dataset and arch always, the rest when they vary."""
+    extra = [c for c in _SETTING[2:] if board[c].nunique(dropna=False) > 1]
+    if "protocol" in board.columns:
+        extra.append("protocol")
+    return ["dataset", "arch", *extra]
+
+
+def pivot(board: pd.DataFrame, rank_by: str = "mean", values: str = "mean") -> pd.DataFrame:
+    """Wide table: one row per setting × method, one column per countermeasure, plus ``score``
+    (the method's mean over countermeasures, or its worst case with ``rank_by='worst'``); methods
+    sorted by score, most effective first."""
+    if rank_by not in RANK_BY:
+        raise UebenchError(f"rank_by must be one of {', '.join(RANK_BY)}, got {rank_by!r}")
+    index = [*_setting_columns(board), "method"]
+    defenses = sorted(dict.fromkeys(board["defense"]), key=lambda d: (d != "none", d))
+    wide = board.pivot_table(
+        index=index, columns="defense", values=values, aggfunc="first", sort=False, dropna=False
+    )
+    wide = wide.reindex(columns=defenses)
+    wide.columns.name = None
+    means = board.groupby(index, sort=False, dropna=False)["mean"]
+    wide = wide.join((means.mean() if rank_by == "mean" else means.max()).rename("score"))
+    wide = wide.reset_index()
+    return wide.sort_values([*index[:-1], "score", "method"], kind="stable").reset_index(drop=True)
+
+
+# --- Markdown and files ------------------------------------------------------------------------
+
+
+def format_mean_std(mean: float, std: float, n: int | None = None, show_n: bool = False) -> str:
+    """``45.20 ± 0.80`` (no ± for a single seed), with ``(n=2)`` when asked."""
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return ""
+    text = f"{mean:.2f}" if std is None or math.isnan(std) else f"{mean:.2f} ± {std:.2f}"
+    return f"{text} (n={n})" if show_n and n is not None else text
+
+
+def markdown_table(frame: pd.DataFrame, floatfmt: str = ".2f") -> str:
+    """A GitHub-flavoured Markdown table (pandas' own needs the optional ``tabulate``)."""
+
+    def cell(value: Any) -> str:
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return ""
+        if isinstance(value, float):
+            return format(value, floatfmt)
+        return str(value).replace("|", "\\|").replace("\n", " ")
+
+    header = [str(c) for c in frame.columns]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    for row in frame.itertuples(index=False):
+        lines.append("| " + " | ".join(cell(v) for v in row) + " |")
+    return "\n".join(lines)
+
+
+def public_columns(board: pd.DataFrame) -> pd.DataFrame:
+    """The board without its internal ``_key_*`` columns."""
+    return board[[c for c in board.columns if not c.startswith("_")]]
+
+
+def board_markdown(board: pd.DataFrame, rank_by: str = "mean") -> str:
+    """The pivot (``mean ± std`` over seeds) and the long table, as one Markdown document."""
+    metric = board["metric"].iloc[0] if len(board) else "final_acc"
+    counts = set(board["n"])
+    show_n = len(counts) > 1
+    text_board = board.assign(
+        cell=[
+            format_mean_std(m, s, n, show_n)
+            for m, s, n in zip(board["mean"], board["std"], board["n"], strict=True)
+        ]
+    )
+    wide = pivot(text_board, rank_by=rank_by, values="cell")
+    wide["score"] = wide["score"].map(lambda v: f"{v:.2f}")
+    seeds = f"n = {counts.pop()} seeds per cell" if not show_n else "n = seeds per cell"
+    score = "mean over countermeasures" if rank_by == "mean" else "worst case (highest accuracy)"
+    long = public_columns(board).drop(columns=["metric"])
+    return "\n\n".join(
+        [
+            f"## Clean test accuracy (%), `{metric}`: mean ± std over seeds",
+            f"Most effective method first; {seeds}; score = {score}.",
+            markdown_table(wide),
+            "## All cells",
+            markdown_table(long),
+        ]
+    )
+
+
+def write_board(board: pd.DataFrame, out: str | Path, rank_by: str = "mean") -> list[Path]:
+    """Write ``NAME.csv`` (long), ``NAME.pivot.csv`` and ``NAME.md`` beside ``out``, atomically."""
+    out = Path(out)
+    if out.suffix != ".csv":
+        raise UebenchError(f"leaderboard output must end in .csv, got {out}")
+    pivot_path = out.with_name(out.stem + ".pivot.csv")
+    markdown_path = out.with_suffix(".md")
+    long_text = public_columns(board).to_csv(index=False, float_format="%.4g")
+    pivot_text = pivot(board, rank_by=rank_by).to_csv(index=False, float_format="%.4g")
+    markdown = board_markdown(board, rank_by) + "\n"
+    for path, text in ((out, long_text), (pivot_path, pivot_text), (markdown_path, markdown)):
+        atomic_write(path, lambda stream, text=text: stream.write(text), mode="w")
+    return [out, pivot_path, markdown_path]

@@ -1,0 +1,167 @@
+"""``uebench report``: one page with a run's tables and plots.
+
+HTML (default) is self-contained: the PNGs are embedded as data URIs, so the single file can be
+mailed or attached.  Markdown links the PNGs, written beside it.  The PNGs are written in both
+cases.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from uebench import plots
+from uebench.errors import UebenchError
+from uebench.leaderboard import (
+    aggregate,
+    cells_frame,
+    format_mean_std,
+    markdown_table,
+    pivot,
+    public_columns,
+    read_records,
+)
+from uebench.poison import atomic_write
+from uebench.references import compare, load_references
+
+FORMATS = ("html", "md")
+
+
+def write_report(
+    run_dirs: Sequence[str | Path],
+    out_dir: str | Path,
+    fmt: str = "html",
+    metric: str = "final_acc",
+    rank_by: str = "mean",
+    references: Iterable[str] = (),
+) -> Path:
+    """Write ``out_dir/report.html`` (or ``report.md``) and its PNGs; return the page's path."""
+    if fmt not in FORMATS:
+        raise UebenchError(f"report format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    out_dir = Path(out_dir)
+    records = read_records(run_dirs)
+    cells = cells_frame(records)
+    board = aggregate(cells, metric)
+    sources = list(references)
+    comparison = compare(load_references(*sources), cells) if sources else None
+
+    figures = [
+        ("Method × countermeasure", plots.heatmaps(board, out_dir, rank_by)),
+        ("Learning curves (Figure 1 style)", plots.learning_curves(records, out_dir)),
+        ("Partial poisoning (Table 2 style)", plots.partial_curves(records, out_dir, metric)),
+        ("Confusion matrices", plots.confusion_matrices(records, out_dir)),
+    ]
+    sections = _sections(run_dirs, records, board, rank_by, comparison)
+    page = out_dir / f"report.{fmt}"
+    text = _html(sections, figures) if fmt == "html" else _markdown(sections, figures, out_dir)
+    atomic_write(page, lambda stream: stream.write(text), mode="w")
+    return page
+
+
+def _sections(
+    run_dirs: Sequence[str | Path],
+    records: Sequence[dict[str, Any]],
+    board: pd.DataFrame,
+    rank_by: str,
+    comparison: pd.DataFrame | None,
+) -> list[tuple[str, str, pd.DataFrame | None]]:
+    """``(title, paragraph, table)`` triples, shared by both formats."""
+    commits = sorted(
+        {
+            f"{(r.get('code_version') or {}).get('git_commit') or '?'}"[:10]
+            + ("+dirty" if (r.get("code_version") or {}).get("git_dirty") else "")
+            for r in records
+        }
+    )
+    devices = sorted({str(r.get("device", "?")) for r in records})
+    hours = sum(float(r.get("wall_time_s") or 0) for r in records) / 3600
+    summary = (
+        f"{len(records)} cells from {', '.join(str(d) for d in run_dirs)}; "
+        f"code {', '.join(commits)}; device {', '.join(devices)}; "
+        f"{hours:.2f} h of cell wall time. Generated {time.strftime('%Y-%m-%d %H:%M')}."
+    )
+    metric = board["metric"].iloc[0]
+    show_n = board["n"].nunique() > 1
+    text_board = board.assign(
+        cell=[
+            format_mean_std(m, s, n, show_n)
+            for m, s, n in zip(board["mean"], board["std"], board["n"], strict=True)
+        ]
+    )
+    wide = pivot(text_board, rank_by=rank_by, values="cell")
+    wide["score"] = wide["score"].map(lambda v: f"{v:.2f}")
+    score = "mean over countermeasures" if rank_by == "mean" else "highest accuracy over them"
+    sections: list[tuple[str, str, pd.DataFrame | None]] = [
+        ("Run", summary, None),
+        (
+            "Leaderboard",
+            f"Clean test accuracy (%), {metric}, mean ± std over seeds; most effective method "
+            f"(lowest accuracy) first; score = {score}.",
+            wide,
+        ),
+        ("All cells", "One row per cell setting; rank 1 = most effective.", public_columns(board)),
+    ]
+    if comparison is not None:
+        measured = comparison[comparison["status"] != "not measured"]
+        note = (
+            f"{len(measured)} of {len(comparison)} references measured in this run; "
+            f"{int((measured['status'] == 'MISMATCH').sum())} outside their tolerance."
+        )
+        sections.append(("Against reported numbers", note, measured))
+    return sections
+
+
+def _html(
+    sections: list[tuple[str, str, pd.DataFrame | None]], figures: list[tuple[str, list[Path]]]
+) -> str:
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8"><title>uebench report</title>',
+        "<style>body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px}"
+        "table{border-collapse:collapse;font-size:13px;margin:1em 0}"
+        "th,td{border:1px solid #ccc;padding:3px 8px;text-align:right}"
+        "th{background:#f3f3f3}img{max-width:100%;border:1px solid #eee;margin:.5em 0}"
+        "figure{margin:1em 0}figcaption{color:#555;font-size:13px}</style></head><body>",
+        "<h1>uebench report</h1>",
+    ]
+    for title, paragraph, table in sections:
+        parts.append(f"<h2>{html.escape(title)}</h2><p>{html.escape(paragraph)}</p>")
+        if table is not None:
+            parts.append(
+                table.to_html(index=False, na_rep="", float_format=lambda v: f"{v:.2f}", border=0)
+            )
+    for title, paths in figures:
+        if not paths:
+            continue
+        parts.append(f"<h2>{html.escape(title)}</h2>")
+        for path in paths:
+            data = base64.b64encode(path.read_bytes()).decode("ascii")
+            parts.append(
+                f'<figure><img alt="{html.escape(path.stem)}" src="data:image/png;base64,{data}">'
+                f"<figcaption>{html.escape(path.name)}</figcaption></figure>"
+            )
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"
+
+
+def _markdown(
+    sections: list[tuple[str, str, pd.DataFrame | None]],
+    figures: list[tuple[str, list[Path]]],
+    out_dir: Path,
+) -> str:
+    parts = ["# uebench report"]
+    for title, paragraph, table in sections:
+        parts += [f"## {title}", paragraph]
+        if table is not None:
+            parts.append(markdown_table(table))
+    for title, paths in figures:
+        if paths:
+            parts.append(f"## {title}")
+            parts += [f"![{p.stem}]({p.relative_to(out_dir).as_posix()})" for p in paths]
+    return "\n\n".join(parts) + "\n"
