@@ -4,7 +4,9 @@ from uebench.api import craft, load, run
 from uebench.data import ImageData
 from uebench.errors import UebenchError
 from uebench.poison import Poison
+from uebench.references import Reference, load_references
 from uebench.registry import ARCHS, DATASETS, DEFENSES, METHODS
+from uebench.report import write_report
 from uebench.version import __version__
 
 __all__ = [
@@ -14,9 +16,12 @@ __all__ = [
     "METHODS",
     "ImageData",
     "Poison",
+    "Reference",
     "UebenchError",
     "__version__",
     "craft",
     "load",
+    "load_references",
     "run",
+    "write_report",
 ]
