@@ -5,24 +5,32 @@ descent steps on δ over the crafting set, until the source model's error on the
 crafting set falls below ``stop_error`` (λ).  Defaults follow Appendix B: T=20, λ=0.01 on the
 whole training set sample-wise; T=1, λ=0.1 on a stratified 20% subset class-wise; α=ε/10, M=10.
 Class-wise noise δ_k is the mean of the per-sample updates of class k in each batch.
+
+The trained source model is kept with the poison (:class:`~uebench.poison.Surrogate`) so that
+``uebench certify`` can measure it.  The ``_source_steps``, ``_weight_noise``, ``_after_round``
+and ``_extra_meta`` hooks let a variant (``pue``) change the loop without copying it.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Literal
+from typing import Any, Literal
 
 import torch
+from torch import nn
 
-from uebench.crafting import SourceModelSteps, alternate, minimize_error
+from uebench.crafting import SourceModelSteps, WeightNoise, alternate, minimize_error
 from uebench.data import ImageData, stratified_indices, to_float
 from uebench.errors import UebenchError
 from uebench.method import CraftContext, Method, check_eps, check_fraction
-from uebench.poison import Poison
+from uebench.poison import Poison, Surrogate
 
 
 class ErrorMinimizing(Method):
     """Sample-wise (``form=sample``) or class-wise (``form=class``) error-minimizing noise."""
+
+    #: The name progress bars show.
+    label = "emin"
 
     def __init__(
         self,
@@ -59,6 +67,28 @@ class ErrorMinimizing(Method):
         if self.steps < 1 or self.model_steps < 0 or self.max_rounds < 1:
             raise UebenchError("emin needs steps >= 1, model_steps >= 0 and max_rounds >= 1")
 
+    def _source_steps(
+        self, model: nn.Module, num_samples: int, generator: torch.Generator, device: torch.device
+    ) -> SourceModelSteps:
+        return SourceModelSteps(
+            model,
+            num_samples,
+            lr=self.lr,
+            batch_size=self.batch_size,
+            generator=generator,
+            device=device,
+        )
+
+    def _weight_noise(self, source: SourceModelSteps) -> WeightNoise | None:
+        """The weight perturbations the noise steps average over (none for plain emin)."""
+        return None
+
+    def _after_round(self, source: SourceModelSteps, rounds: int, error: float) -> None:
+        """Called after every round that did not stop the loop."""
+
+    def _extra_meta(self, source: SourceModelSteps) -> dict[str, Any]:
+        return {}
+
     def craft(self, data: ImageData, ctx: CraftContext) -> Poison:
         started = time.perf_counter()
         torch.manual_seed(self.seed)
@@ -70,14 +100,7 @@ class ErrorMinimizing(Method):
         x = to_float(data.x_train[crafting].to(device))
         y = data.y_train[crafting].to(device)
         model = ctx.build_model(self.source, data)
-        source = SourceModelSteps(
-            model,
-            len(x),
-            lr=self.lr,
-            batch_size=self.batch_size,
-            generator=generator,
-            device=device,
-        )
+        source = self._source_steps(model, len(x), generator, device)
         if self.form == "sample":
             delta = torch.zeros_like(x)
             noise_of = lambda index: delta[index]  # noqa: E731
@@ -94,6 +117,7 @@ class ErrorMinimizing(Method):
                 eps=self.eps,
                 alpha=self.alpha,
                 steps=self.steps,
+                weight_noise=self._weight_noise(source),
             )
             if self.form == "sample":
                 delta[index] = updated
@@ -109,7 +133,8 @@ class ErrorMinimizing(Method):
             model_steps=self.model_steps,
             stop_error=self.stop_error,
             max_rounds=self.max_rounds,
-            bar=ctx.bar(self.max_rounds, f"emin:{self.form}"),
+            bar=ctx.bar(self.max_rounds, f"{self.label}:{self.form}"),
+            on_round=lambda rounds, error: self._after_round(source, rounds, error),
         )
 
         if self.form == "sample":
@@ -124,8 +149,10 @@ class ErrorMinimizing(Method):
             "final_error": error,
             "converged": error < self.stop_error,
             "craft_seconds": time.perf_counter() - started,
+            **self._extra_meta(source),
         }
-        return Poison(bank.clamp(-self.eps, self.eps), rows, self.eps, meta)
+        surrogate = Surrogate.of(model, self.source, data.num_classes, data.image_shape)
+        return Poison(bank.clamp(-self.eps, self.eps), rows, self.eps, meta, surrogate)
 
 
 def _class_mean(

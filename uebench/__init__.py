@@ -1,9 +1,10 @@
 """uebench: benchmark unlearnable examples (availability poisoning) against countermeasures."""
 
 from uebench.api import craft, load, run
+from uebench.certify import Certificate, certify_model
 from uebench.data import ImageData
 from uebench.errors import UebenchError
-from uebench.poison import Poison
+from uebench.poison import Poison, Surrogate
 from uebench.references import Reference, load_references
 from uebench.registry import ARCHS, DATASETS, DEFENSES, METHODS
 from uebench.report import write_report
@@ -14,11 +15,14 @@ __all__ = [
     "DATASETS",
     "DEFENSES",
     "METHODS",
+    "Certificate",
     "ImageData",
     "Poison",
     "Reference",
+    "Surrogate",
     "UebenchError",
     "__version__",
+    "certify_model",
     "craft",
     "load",
     "load_references",

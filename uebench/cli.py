@@ -39,7 +39,11 @@ _RUN_FLAGS = {
 _INT_FLAGS = {"epochs", "batch_size", "train_size", "test_size"}
 
 #: Modules that add further subcommands (see the module docstring).
-COMMAND_MODULES: tuple[str, ...] = ("uebench.cli_certify",)
+COMMAND_MODULES: tuple[str, ...] = (
+    "uebench.cli_diagnose",
+    "uebench.cli_certify",
+    "uebench.cli_board",
+)
 
 
 def _parser() -> argparse.ArgumentParser:

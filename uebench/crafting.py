@@ -1,9 +1,16 @@
 """Building blocks shared by the crafting methods: the source-model steps of the bi-level loop,
-error-minimizing PGD on inputs, and accuracy under noise."""
+error-minimizing PGD on inputs, and accuracy under noise.
+
+:class:`WeightNoise`, :class:`SmoothedSourceSteps` and ``minimize_error(weight_noise=...)`` are
+the smoothed variants provably unlearnable examples use: every gradient is averaged over random
+Gaussian perturbations of the source model's trainable parameters.
+"""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -11,6 +18,61 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from uebench.training import autocast
+
+
+@dataclass
+class WeightNoise:
+    """Gaussian weight perturbations at levels ``sigmas``, ``draws`` draws per level."""
+
+    sigmas: tuple[float, ...]
+    draws: int
+    generator: torch.Generator
+
+    def samples(self) -> Iterator[tuple[float, float]]:
+        """``(sigma, weight)`` pairs whose weights sum to ``len(sigmas) * draws``.
+
+        A level σ=0 is one unperturbed pass weighted by ``draws``: its draws would all be equal.
+        """
+        for sigma in self.sigmas:
+            if sigma == 0:
+                yield 0.0, float(self.draws)
+            else:
+                for _ in range(self.draws):
+                    yield float(sigma), 1.0
+
+    @property
+    def total(self) -> float:
+        """The sum of the sample weights: what a mean over the draws divides by."""
+        return float(len(self.sigmas) * self.draws)
+
+
+@contextlib.contextmanager
+def perturbed_weights(
+    model: nn.Module, sigma: float, generator: torch.Generator
+) -> Iterator[nn.Module]:
+    """``model`` with N(0, σ²) added to every trainable parameter, restored exactly on exit.
+
+    Gradients computed inside accumulate into the parameters' ``.grad`` as usual, so a step
+    taken afterwards moves the unperturbed weights by the gradient at the perturbed ones.
+    BatchNorm running statistics are buffers, not parameters, and are left alone.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    if sigma == 0:
+        yield model
+        return
+    saved = [p.detach().clone() for p in params]
+    try:
+        with torch.no_grad():
+            for param in params:
+                noise = torch.randn(
+                    param.shape, generator=generator, device=generator.device, dtype=param.dtype
+                )
+                param.add_(noise.to(param.device), alpha=sigma)
+        yield model
+    finally:
+        with torch.no_grad():
+            for param, original in zip(params, saved, strict=True):
+                param.copy_(original)
 
 
 class SourceModelSteps:
@@ -54,6 +116,44 @@ class SourceModelSteps:
         return float(loss.detach())
 
 
+class SmoothedSourceSteps(SourceModelSteps):
+    """Source-model steps whose gradient, once :attr:`smoothing` is on, is the mean over
+    :class:`WeightNoise` draws (one SGD step per call, all levels accumulated)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        num_samples: int,
+        *,
+        lr: float,
+        batch_size: int,
+        generator: torch.Generator,
+        device: torch.device,
+        weight_noise: WeightNoise,
+    ) -> None:
+        super().__init__(
+            model, num_samples, lr=lr, batch_size=batch_size, generator=generator, device=device
+        )
+        self.weight_noise = weight_noise
+        self.smoothing = False
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        """One SGD step on a float batch; returns the mean loss over the draws."""
+        if not self.smoothing:
+            return super().step(x, y)
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        total = torch.zeros((), device=x.device)
+        for sigma, weight in self.weight_noise.samples():
+            with perturbed_weights(self.model, sigma, self.weight_noise.generator):
+                with autocast(self.device):
+                    loss = F.cross_entropy(self.model(x).float(), y)
+                (loss * (weight / self.weight_noise.total)).backward()
+            total += loss.detach() * weight
+        self.optimizer.step()
+        return float(total) / self.weight_noise.total
+
+
 def minimize_error(
     model: nn.Module,
     x: torch.Tensor,
@@ -63,19 +163,29 @@ def minimize_error(
     eps: float,
     alpha: float,
     steps: int,
+    weight_noise: WeightNoise | None = None,
 ) -> torch.Tensor:
     """Error-minimizing PGD (Eq. 3): ``steps`` sign-gradient *descent* steps on δ from ``delta``.
 
     Written here rather than taken from torchattacks: its PGD projects onto the ε-ball around
     the input it is given, so resuming from an existing δ would let x+δ drift 2ε from x.
-    Returns δ with ‖δ‖∞ ≤ ε and x+δ in [0, 1].
+    With ``weight_noise`` each step follows the sign of the input gradient summed over its
+    weight-perturbation draws.  Returns δ with ‖δ‖∞ ≤ ε and x+δ in [0, 1].
     """
     delta = delta.detach().clone()
     for _ in range(steps):
         delta.requires_grad_(True)
-        with autocast(x.device):
-            loss = F.cross_entropy(model(x + delta).float(), y)
-        (grad,) = torch.autograd.grad(loss, delta)
+        if weight_noise is None:
+            with autocast(x.device):
+                loss = F.cross_entropy(model(x + delta).float(), y)
+            (grad,) = torch.autograd.grad(loss, delta)
+        else:
+            grad = torch.zeros_like(delta)
+            for sigma, weight in weight_noise.samples():
+                with perturbed_weights(model, sigma, weight_noise.generator):
+                    with autocast(x.device):
+                        loss = F.cross_entropy(model(x + delta).float(), y)
+                    grad += weight * torch.autograd.grad(loss, delta)[0]
         delta = (delta.detach() - alpha * grad.sign()).clamp_(-eps, eps)
         delta = (x + delta).clamp_(0, 1) - x
     return delta.detach()
@@ -106,14 +216,16 @@ def alternate(
     stop_error: float,
     max_rounds: int,
     bar: tqdm,
+    on_round: Callable[[int, float], None] | None = None,
 ) -> tuple[int, float]:
     """Algorithm 1's loop: M model steps, one noise pass over the crafting set, until error < λ.
 
     ``noise_of(index)`` gives the current noise of a batch; ``update_noise(index)`` optimizes it.
+    ``on_round(round, error)``, if given, sees each round's error before the next one starts.
     Returns the rounds run and the final error of the source model on the perturbed set.
     """
     error, rounds = 1.0, 0
-    for rounds in range(1, max_rounds + 1):  # noqa: B007 - rounds is returned
+    for rounds in range(1, max_rounds + 1):
         for _ in range(model_steps):
             index = source.next_batch()
             source.step((x[index] + noise_of(index)).clamp(0, 1), y[index])
@@ -125,5 +237,7 @@ def alternate(
         bar.set_postfix(error=f"{error:.4f}")
         if error < stop_error:
             break
+        if on_round is not None:
+            on_round(rounds, error)
     bar.close()
     return rounds, error

@@ -5,6 +5,9 @@ training image, the row it receives (``rows``; -1 leaves the image clean).  Samp
 one row per image, class-wise noise one row per class (``rows = y``).  That one shape covers
 single unlearnable classes (rows of other classes are -1) and per-sample mixtures of several
 class-wise sets (rows drawn from a larger bank).
+
+A poison may also keep its :class:`Surrogate`, the source model it was crafted against, so that
+``uebench certify`` can measure that model; it is saved in the same file and verified on load.
 """
 
 from __future__ import annotations
@@ -18,19 +21,97 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from uebench.data import add_noise_uint8
 from uebench.errors import UebenchError
 
 
+class _SurrogateMismatch(Exception):
+    """A saved surrogate whose weights no longer match their hash."""
+
+
+@dataclass
+class Surrogate:
+    """The source model a poison was crafted against: its architecture spec and weights."""
+
+    arch: str
+    num_classes: int
+    image_shape: tuple[int, int, int]
+    state: dict[str, torch.Tensor]
+
+    def __post_init__(self) -> None:
+        self.image_shape = tuple(int(side) for side in self.image_shape)  # type: ignore[assignment]
+        # A copy: a live model's state_dict aliases its weights, which crafting goes on changing.
+        self.state = {name: value.detach().cpu().clone() for name, value in self.state.items()}
+
+    @classmethod
+    def of(
+        cls, model: nn.Module, arch: str, num_classes: int, image_shape: tuple[int, int, int]
+    ) -> Surrogate:
+        """A CPU copy of ``model``'s ``state_dict`` (BatchNorm statistics included)."""
+        return cls(arch, num_classes, image_shape, dict(model.state_dict()))
+
+    def build(self, device: torch.device | str = "cpu") -> nn.Module:
+        """The model rebuilt from its architecture spec, weights loaded, in eval mode."""
+        from uebench.registry import ARCHS
+
+        model = ARCHS.build(self.arch, self.num_classes, self.image_shape)
+        try:
+            model.load_state_dict(self.state)
+        except RuntimeError as error:
+            first = str(error).splitlines()[0]
+            raise UebenchError(f"surrogate weights do not fit {self.arch!r}: {first}") from None
+        return model.to(device).eval()
+
+    def content_hash(self) -> str:
+        """sha256 of the architecture, shapes and every tensor's name, dtype, shape and bytes."""
+        digest = hashlib.sha256()
+        header = {"arch": self.arch, "classes": self.num_classes, "shape": self.image_shape}
+        digest.update(json.dumps(header, sort_keys=True).encode())
+        for name in sorted(self.state):
+            value = self.state[name]
+            digest.update(f"{name}:{value.dtype}:{tuple(value.shape)}".encode())
+            digest.update(value.reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
+        return digest.hexdigest()
+
+    def payload(self) -> dict[str, Any]:
+        """What :meth:`Poison.save` stores: plain types and tensors, loadable weights-only."""
+        return {
+            "arch": self.arch,
+            "num_classes": int(self.num_classes),
+            "image_shape": list(self.image_shape),
+            "state": self.state,
+            "sha256": self.content_hash(),
+        }
+
+    @classmethod
+    def from_payload(cls, payload: dict[str, Any]) -> Surrogate:
+        """Rebuild from :meth:`payload`, checking its hash."""
+        surrogate = cls(
+            str(payload["arch"]),
+            int(payload["num_classes"]),
+            tuple(payload["image_shape"]),  # type: ignore[arg-type]
+            dict(payload["state"]),
+        )
+        if surrogate.content_hash() != payload["sha256"]:
+            raise _SurrogateMismatch
+        return surrogate
+
+
 @dataclass
 class Poison:
-    """Noise rows, the row each training image gets, the ε bound and what made it."""
+    """Noise rows, the row each training image gets, the ε bound and what made it.
+
+    ``surrogate`` (optional) is the source model the noise was crafted against; it is not part
+    of :meth:`content_hash`, which identifies the noise a record cites.
+    """
 
     delta: torch.Tensor
     rows: torch.Tensor
     eps: float
     meta: dict[str, Any] = field(default_factory=dict)
+    surrogate: Surrogate | None = None
 
     def __post_init__(self) -> None:
         self.delta = self.delta.detach().float().cpu().contiguous()
@@ -84,6 +165,8 @@ class Poison:
             "meta_json": json.dumps(self.meta, sort_keys=True),
             "sha256": self.content_hash(),
         }
+        if self.surrogate is not None:
+            payload["surrogate"] = self.surrogate.payload()
         atomic_write(Path(path), lambda handle: torch.save(payload, handle))
 
     @classmethod
@@ -99,8 +182,14 @@ class Poison:
                 meta=json.loads(payload["meta_json"]),
             )
             expected = payload["sha256"]
+            if "surrogate" in payload:
+                poison.surrogate = Surrogate.from_payload(payload["surrogate"])
         except FileNotFoundError:
             raise UebenchError(f"poison file {path} does not exist") from None
+        except _SurrogateMismatch:
+            raise UebenchError(
+                f"poison file {path} is corrupt (surrogate hash mismatch); delete it to recompute"
+            ) from None
         except Exception as error:
             raise UebenchError(
                 f"poison file {path} is corrupt ({type(error).__name__}); delete it to recompute"
