@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 import torchattacks
 
-from uebench.data import ImageData, stratified_indices, to_float
+from uebench.crafting import crafting_set
+from uebench.data import ImageData
 from uebench.method import CraftContext, Method, check_eps, check_fraction
 from uebench.poison import Poison
 from uebench.training import autocast, train
@@ -66,11 +67,7 @@ class ErrorMaximizing(Method):
             generator=generator,
         )
         model.eval()
-        crafting = stratified_indices(
-            data.y_train, round(self.subset * len(data.y_train)), self.seed
-        )
-        x = to_float(data.x_train[crafting].to(ctx.device))
-        y = data.y_train[crafting].to(ctx.device)
+        crafting, x, y = crafting_set(data, self.subset, self.seed, ctx.device)
         if self.form == "sample":
             bank = torch.zeros(len(data.y_train), *data.image_shape)
             bank[crafting] = self._samplewise(model, x, y, ctx).cpu()

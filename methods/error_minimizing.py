@@ -19,8 +19,15 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from uebench.crafting import SourceModelSteps, WeightNoise, alternate, minimize_error
-from uebench.data import ImageData, stratified_indices, to_float
+from uebench.crafting import (
+    SourceModelSteps,
+    WeightNoise,
+    alternate,
+    class_mean,
+    crafting_set,
+    minimize_error,
+)
+from uebench.data import ImageData
 from uebench.errors import UebenchError
 from uebench.method import CraftContext, Method, check_eps, check_fraction
 from uebench.poison import Poison, Surrogate
@@ -94,11 +101,7 @@ class ErrorMinimizing(Method):
         torch.manual_seed(self.seed)
         generator = torch.Generator().manual_seed(self.seed)
         device = ctx.device
-        crafting = stratified_indices(
-            data.y_train, round(self.subset * len(data.y_train)), self.seed
-        )
-        x = to_float(data.x_train[crafting].to(device))
-        y = data.y_train[crafting].to(device)
+        crafting, x, y = crafting_set(data, self.subset, self.seed, device)
         model = ctx.build_model(self.source, data)
         source = self._source_steps(model, len(x), generator, device)
         if self.form == "sample":
@@ -122,7 +125,7 @@ class ErrorMinimizing(Method):
             if self.form == "sample":
                 delta[index] = updated
             else:
-                delta.copy_(_class_mean(delta, updated, y[index]).clamp_(-self.eps, self.eps))
+                delta.copy_(class_mean(delta, updated, y[index]).clamp_(-self.eps, self.eps))
 
         rounds, error = alternate(
             source,
@@ -153,15 +156,3 @@ class ErrorMinimizing(Method):
         }
         surrogate = Surrogate.of(model, self.source, data.num_classes, data.image_shape)
         return Poison(bank.clamp(-self.eps, self.eps), rows, self.eps, meta, surrogate)
-
-
-def _class_mean(
-    delta: torch.Tensor, per_sample: torch.Tensor, labels: torch.Tensor
-) -> torch.Tensor:
-    """δ with each class present in the batch replaced by the mean of its per-sample updates."""
-    sums = torch.zeros_like(delta).index_add_(0, labels, per_sample)
-    counts = torch.bincount(labels, minlength=len(delta)).to(delta.dtype)
-    present = counts > 0
-    out = delta.clone()
-    out[present] = sums[present] / counts[present].view(-1, *([1] * (delta.dim() - 1)))
-    return out

@@ -12,8 +12,8 @@ import time
 
 import torch
 
-from uebench.crafting import SourceModelSteps, alternate, minimize_error
-from uebench.data import ImageData, stratified_indices, to_float
+from uebench.crafting import SourceModelSteps, alternate, class_mean, crafting_set, minimize_error
+from uebench.data import ImageData
 from uebench.errors import UebenchError
 from uebench.method import CraftContext, Method, check_eps, check_fraction
 from uebench.poison import Poison
@@ -89,11 +89,7 @@ class PatchErrorMinimizing(Method):
         torch.manual_seed(self.seed)
         generator = torch.Generator().manual_seed(self.seed)
         device = ctx.device
-        crafting = stratified_indices(
-            data.y_train, round(self.subset * len(data.y_train)), self.seed
-        )
-        x = to_float(data.x_train[crafting].to(device))
-        y = data.y_train[crafting].to(device)
+        _, x, y = crafting_set(data, self.subset, self.seed, device)
         model = ctx.build_model(self.source, data)
         source = SourceModelSteps(
             model,
@@ -107,9 +103,11 @@ class PatchErrorMinimizing(Method):
             data.num_classes, data.image_shape[0], self.size, self.size, device=device
         )
 
-        def corners(count: int) -> tuple[torch.Tensor, torch.Tensor]:
-            top = torch.randint(0, height - self.size + 1, (count,), generator=generator)
-            left = torch.randint(0, width - self.size + 1, (count,), generator=generator)
+        def corners(
+            count: int, draw: torch.Generator = generator
+        ) -> tuple[torch.Tensor, torch.Tensor]:
+            top = torch.randint(0, height - self.size + 1, (count,), generator=draw)
+            left = torch.randint(0, width - self.size + 1, (count,), generator=draw)
             return top.to(device), left.to(device)
 
         def noise_of(index: torch.Tensor) -> torch.Tensor:
@@ -129,13 +127,7 @@ class PatchErrorMinimizing(Method):
             )
             # Pixels outside a patch stay zero (their gradient is discarded with the window).
             windows = crop_windows(updated, top, left, self.size)
-            labels = y[index]
-            sums = torch.zeros_like(patches).index_add_(0, labels, windows)
-            counts = torch.bincount(labels, minlength=len(patches)).to(patches.dtype)
-            present = counts > 0
-            patches[present] = (sums[present] / counts[present].view(-1, 1, 1, 1)).clamp(
-                -self.eps, self.eps
-            )
+            patches.copy_(class_mean(patches, windows, y[index]).clamp_(-self.eps, self.eps))
 
         rounds, error = alternate(
             source,
@@ -148,11 +140,9 @@ class PatchErrorMinimizing(Method):
             max_rounds=self.max_rounds,
             bar=ctx.bar(self.max_rounds, f"emin-patch:{self.size}"),
         )
-        place_generator = torch.Generator().manual_seed(self.seed + 1)
         count = len(data.y_train)
-        top = torch.randint(0, height - self.size + 1, (count,), generator=place_generator)
-        left = torch.randint(0, width - self.size + 1, (count,), generator=place_generator)
-        bank = place_patches(patches.cpu()[data.y_train], top, left, height, width)
+        top, left = corners(count, torch.Generator().manual_seed(self.seed + 1))
+        bank = place_patches(patches.cpu()[data.y_train], top.cpu(), left.cpu(), height, width)
         meta = {
             "form": "class-patch",
             "patch_size": self.size,

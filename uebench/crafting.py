@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from uebench.data import ImageData, stratified_indices, to_float
 from uebench.training import autocast
 
 
@@ -241,3 +242,23 @@ def alternate(
             on_round(rounds, error)
     bar.close()
     return rounds, error
+
+
+def crafting_set(
+    data: ImageData, fraction: float, seed: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A stratified, seeded share of the training set: its indices, float images on ``device``
+    and labels on ``device``."""
+    indices = stratified_indices(data.y_train, round(fraction * len(data.y_train)), seed)
+    return indices, to_float(data.x_train[indices].to(device)), data.y_train[indices].to(device)
+
+
+def class_mean(delta: torch.Tensor, per_sample: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``delta`` (one row per class) with each class present in ``labels`` replaced by the mean
+    of its per-sample rows: how class-wise noise takes a step from per-sample updates."""
+    sums = torch.zeros_like(delta).index_add_(0, labels, per_sample)
+    counts = torch.bincount(labels, minlength=len(delta)).to(delta.dtype)
+    present = counts > 0
+    out = delta.clone()
+    out[present] = sums[present] / counts[present].view(-1, *([1] * (delta.dim() - 1)))
+    return out
