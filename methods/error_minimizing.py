@@ -5,6 +5,8 @@ descent steps on δ over the crafting set, until the source model's error on the
 crafting set falls below ``stop_error`` (λ).  Defaults follow Appendix B: T=20, λ=0.01 on the
 whole training set sample-wise; T=1, λ=0.1 on a stratified 20% subset class-wise; α=ε/10, M=10.
 Class-wise noise δ_k is the mean of the per-sample updates of class k in each batch.
+``augment=true`` (not in the paper) crafts through the victim's random crop and flip
+(:class:`~uebench.crafting.ThroughAugmentation`), which small images need.
 
 The trained source model is kept with the poison (:class:`~uebench.poison.Surrogate`) so that
 ``uebench certify`` can measure it.  The ``_source_steps``, ``_weight_noise``, ``_after_round``
@@ -21,6 +23,7 @@ from torch import nn
 
 from uebench.crafting import (
     SourceModelSteps,
+    ThroughAugmentation,
     WeightNoise,
     alternate,
     class_mean,
@@ -53,6 +56,7 @@ class ErrorMinimizing(Method):
         lr: float = 0.1,
         batch_size: int = 128,
         source: str = "resnet18",
+        augment: bool = False,
         seed: int = 0,
     ) -> None:
         self.form = form
@@ -70,6 +74,7 @@ class ErrorMinimizing(Method):
         self.lr = lr
         self.batch_size = batch_size
         self.source = source
+        self.augment = augment
         self.seed = seed
         if self.steps < 1 or self.model_steps < 0 or self.max_rounds < 1:
             raise UebenchError("emin needs steps >= 1, model_steps >= 0 and max_rounds >= 1")
@@ -103,7 +108,10 @@ class ErrorMinimizing(Method):
         device = ctx.device
         crafting, x, y = crafting_set(data, self.subset, self.seed, device)
         model = ctx.build_model(self.source, data)
-        source = self._source_steps(model, len(x), generator, device)
+        # The surrogate kept with the poison is ``model``; crafting sees it through the
+        # augmentation when asked (the wrapper shares its parameters).
+        seen = ThroughAugmentation(model, data.image_shape[-1]) if self.augment else model
+        source = self._source_steps(seen, len(x), generator, device)
         if self.form == "sample":
             delta = torch.zeros_like(x)
             noise_of = lambda index: delta[index]  # noqa: E731
@@ -113,7 +121,7 @@ class ErrorMinimizing(Method):
 
         def update_noise(index: torch.Tensor) -> None:
             updated = minimize_error(
-                model,
+                seen,
                 x[index],
                 y[index],
                 noise_of(index),
