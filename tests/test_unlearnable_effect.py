@@ -1,11 +1,13 @@
 """The harness shows the unlearnable effect on the embedded dataset (CPU, about six minutes).
 
-Measured on this 2-core CPU (cluttered-digits, victim resnet18:width=16, 20 epochs, seed 0):
-clean 80.3%; sample-wise random 86.6%; class-wise emin (paper's full-width RN-18 source) stays
-at chance (≤ 12%) for the first ten epochs, then ends at 61.0%; sample-wise emin (width-16
-source, for CPU time) ends at 51.9%.  At this scale error-minimizing noise delays and cuts
-learning but does not hold accuracy at chance to the end as it does on CIFAR-10; the
-assertions below are the behaviour measured, with margins, and fail if the effect goes away.
+Measured on this 2-core CPU (cluttered-digits, victim resnet18:width=16, 20 epochs, seed 0, one
+thread): clean 74.9%, sample-wise random 78.5%; sample-wise emin 18.6% (best epoch 22.4%) and
+class-wise emin 17.3% (best 18.9%), both crafted with a width-16 source through the victim's
+crop and flip (``augment=true``); one unlearnable class (class 3) 25% against 85-99% for the
+others.  Without ``augment`` the paper's noise only cuts accuracy here (class-wise 61.0%,
+sample-wise 51.9% to 67.2% depending on the thread count), because a 2-px crop moves noise
+crafted at fixed pixels of a 16-px image.  Sample-wise crafting takes 5 PGD steps per round
+and stops at 10% error (at most 20 rounds) to fit the CPU budget.
 """
 
 import pytest
@@ -14,8 +16,9 @@ from uebench.runner import GridConfig, run_grid
 
 CHANCE = 10.0
 ARCH = "resnet18:width=16"
-EMIN_SAMPLE = f"emin:source=[{ARCH}]"
-EMIN_CLASS = "emin:form=class"
+EMIN_SAMPLE = f"emin:augment=true:steps=5:stop_error=0.1:max_rounds=20:source=[{ARCH}]"
+EMIN_CLASS = f"emin:form=class:augment=true:source=[{ARCH}]"
+ONE_CLASS = f"{EMIN_CLASS}:classes=3"
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +27,7 @@ def results(tmp_path_factory):
     table = run_grid(
         GridConfig(
             dataset="cluttered-digits",
-            methods=["clean", "random", EMIN_SAMPLE, EMIN_CLASS],
+            methods=["clean", "random", EMIN_SAMPLE, EMIN_CLASS, ONE_CLASS],
             archs=[ARCH],
             out=str(out / "grid"),
             device="cpu",
@@ -41,10 +44,6 @@ def _records(grid):
     return [json.loads(path.read_text()) for path in (grid / "cells").glob("*.json")]
 
 
-def _early_mean(record, epochs=10):
-    return sum(h["test_acc"] for h in record["history"][:epochs]) / epochs
-
-
 def test_clean_training_learns(results):
     table, _ = results
     assert table.loc["clean", "final_acc"] >= 70.0
@@ -55,14 +54,23 @@ def test_samplewise_random_noise_is_learnable(results):
     assert table.loc["random", "final_acc"] >= table.loc["clean", "final_acc"] - 10
 
 
-def test_classwise_error_minimizing_noise_holds_chance_then_cuts_accuracy(results):
+def test_classwise_error_minimizing_noise_holds_accuracy_near_chance(results):
     table, records = results
-    assert _early_mean(records[EMIN_CLASS]) <= CHANCE + 5
-    assert _early_mean(records["clean"]) >= _early_mean(records[EMIN_CLASS]) + 5
-    assert table.loc[EMIN_CLASS, "final_acc"] <= table.loc["clean", "final_acc"] - 15
+    assert max(h["test_acc"] for h in records[EMIN_CLASS]["history"]) <= CHANCE + 15
+    assert table.loc[EMIN_CLASS, "final_acc"] <= table.loc["clean", "final_acc"] - 50
 
 
-def test_samplewise_error_minimizing_noise_cuts_accuracy(results):
-    table, _ = results
-    assert table.loc[EMIN_SAMPLE, "final_acc"] <= table.loc["clean", "final_acc"] - 20
-    assert table.loc[EMIN_SAMPLE, "final_acc"] <= table.loc["random", "final_acc"] - 25
+def test_one_unlearnable_class_is_misclassified_and_the_others_are_learned(results):
+    _, records = results
+    confusion = records[ONE_CLASS]["confusion_matrix"]
+    recall = [row[k] / sum(row) for k, row in enumerate(confusion)]
+    others = [r for k, r in enumerate(recall) if k != 3]
+    assert recall[3] <= 0.5
+    assert sum(others) / len(others) >= 0.75
+    assert recall[3] <= min(others) - 0.2
+
+
+def test_samplewise_error_minimizing_noise_holds_accuracy_near_chance(results):
+    table, records = results
+    assert max(h["test_acc"] for h in records[EMIN_SAMPLE]["history"]) <= CHANCE + 20
+    assert table.loc[EMIN_SAMPLE, "final_acc"] <= table.loc["random", "final_acc"] - 40
