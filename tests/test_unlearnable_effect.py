@@ -59,3 +59,9 @@ def test_classwise_error_minimizing_noise_holds_accuracy_near_chance(results):
     table, records = results
     assert max(h["test_acc"] for h in records[EMIN_CLASS]["history"]) <= CHANCE + 15
     assert table.loc[EMIN_CLASS, "final_acc"] <= table.loc["clean", "final_acc"] - 50
+
+
+def test_samplewise_error_minimizing_noise_holds_accuracy_near_chance(results):
+    table, records = results
+    assert max(h["test_acc"] for h in records[EMIN_SAMPLE]["history"]) <= CHANCE + 20
+    assert table.loc[EMIN_SAMPLE, "final_acc"] <= table.loc["random", "final_acc"] - 40
