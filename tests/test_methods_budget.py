@@ -45,8 +45,9 @@ def test_noise_respects_eps_and_pixel_range(data, name, eps):
         assert len(poison.delta) == len(data.y_train)
 
 
-def test_same_spec_gives_the_same_poison(data):
-    spec = QUICK["emin:form=class"]
+@pytest.mark.parametrize("augment", ["false", "true"])
+def test_same_spec_gives_the_same_poison(data, augment):
+    spec = f"{QUICK['emin:form=class']}:augment={augment}"
     first = craft(spec, data, device="cpu", progress=False)
     second = craft(spec, data, device="cpu", progress=False)
     assert torch.equal(first.delta, second.delta)

