@@ -1,4 +1,4 @@
-"""The harness shows the unlearnable effect on the embedded dataset (CPU, about six minutes).
+"""The harness shows the unlearnable effect on the embedded dataset (CPU, about seven minutes).
 
 Measured on this 2-core CPU (cluttered-digits, victim resnet18:width=16, 20 epochs, seed 0),
 final accuracy (best epoch) with two threads: clean 80.3%, sample-wise random 86.6%,
@@ -8,8 +8,12 @@ emin forms gave 18.6% (22.4%) and 17.3% (18.9%).  Without ``augment`` the paper'
 cuts accuracy here (class-wise 61.0%, sample-wise 51.9% or 67.2% by thread count), because a
 2-px crop moves noise crafted at fixed pixels of a 16-px image.  Sample-wise crafting takes
 5 PGD steps per round and stops at 10% error (at most 20 rounds) to fit the CPU budget.
-One unlearnable class (``classes=3``) is not asserted: class 3 fell to 25% with one thread
-but stayed at 69% with two.
+
+One unlearnable class (Figure 2c-d, ``classes=3``) uses ε=10/255: at the paper's 8/255 the
+recall of class 3 spread from 9% to 69% over seeds 0-2 and one or two threads (it was always
+the worst class, but not always misclassified); at 10/255 it was 3% to 12%, with every other
+class at 70% or more (``benchmarks/one_class_spread.py``).  At 12/255 the other classes are
+learned much later (33% overall after 20 epochs).
 """
 
 import pytest
@@ -20,6 +24,7 @@ CHANCE = 10.0
 ARCH = "resnet18:width=16"
 EMIN_SAMPLE = f"emin:augment=true:steps=5:stop_error=0.1:max_rounds=20:source=[{ARCH}]"
 EMIN_CLASS = f"emin:form=class:augment=true:source=[{ARCH}]"
+ONE_CLASS = f"emin:form=class:augment=true:eps=10/255:source=[{ARCH}]:classes=3"
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +33,7 @@ def results(tmp_path_factory):
     table = run_grid(
         GridConfig(
             dataset="cluttered-digits",
-            methods=["clean", "random", EMIN_SAMPLE, EMIN_CLASS],
+            methods=["clean", "random", EMIN_SAMPLE, EMIN_CLASS, ONE_CLASS],
             archs=[ARCH],
             out=str(out / "grid"),
             device="cpu",
@@ -65,3 +70,18 @@ def test_samplewise_error_minimizing_noise_holds_accuracy_near_chance(results):
     table, records = results
     assert max(h["test_acc"] for h in records[EMIN_SAMPLE]["history"]) <= CHANCE + 20
     assert table.loc[EMIN_SAMPLE, "final_acc"] <= table.loc["random", "final_acc"] - 40
+
+
+def _recalls(confusion):
+    return [row[k] / sum(row) for k, row in enumerate(confusion)]
+
+
+def test_one_unlearnable_class_is_misclassified_and_the_others_are_learned(results):
+    _, records = results
+    recall = _recalls(records[ONE_CLASS]["confusion_matrix"])
+    clean = _recalls(records["clean"]["confusion_matrix"])
+    others = [value for k, value in enumerate(recall) if k != 3]
+    assert recall[3] <= 0.3
+    assert recall[3] <= clean[3] - 0.4
+    assert min(others) >= recall[3] + 0.4
+    assert sum(others) / len(others) >= 0.75
