@@ -63,7 +63,12 @@ def main() -> None:
     print("{:>8} {:>4} {:>6} {:>10} {:>11} {:>7}".format(*header))
     for eps, spec in specs.items():
         for seed in seeds:
-            (record,) = [r for r in records if r["method"] == spec and r["seed"] == seed]
+            (record,) = [
+                r
+                for r in records
+                if (r["method"], r["seed"], r["arch"], r["dataset"])
+                == (spec, seed, args.arch, args.dataset)
+            ]
             recall = class_recalls(record["confusion_matrix"])
             others = [value for k, value in enumerate(recall) if k != args.target]
             print(

@@ -103,21 +103,6 @@ def test_bad_settings_are_one_line_errors(settings, message):
 # The smoothed evaluations
 
 
-def _tiny_model():
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(
-        torch.nn.Conv2d(3, 4, 3, padding=1),
-        torch.nn.BatchNorm2d(4),
-        torch.nn.ReLU(),
-        torch.nn.AdaptiveAvgPool2d(1),
-        torch.nn.Flatten(),
-        torch.nn.Linear(4, 3),
-    )
-    model.train()
-    model(torch.rand(16, 3, 6, 6))  # non-trivial running statistics
-    return model.eval()
-
-
 def _tiny_data(n=40):
     generator = torch.Generator().manual_seed(1)
     x = torch.randint(0, 256, (n, 3, 6, 6), dtype=torch.uint8, generator=generator)
@@ -125,8 +110,8 @@ def _tiny_data(n=40):
     return x, y
 
 
-def test_draws_perturb_trainable_parameters_only_and_leave_the_model_unchanged():
-    model, (x, y) = _tiny_model(), _tiny_data()
+def test_draws_perturb_trainable_parameters_only_and_leave_the_model_unchanged(tiny_cnn):
+    model, (x, y) = tiny_cnn(), _tiny_data()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     accuracies = smoothed_accuracies(model, x, y, n=3, sigma=0.5, seed=7)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
@@ -135,7 +120,7 @@ def test_draws_perturb_trainable_parameters_only_and_leave_the_model_unchanged()
     generator = torch.Generator().manual_seed(7)
     params = dict(model.named_parameters())
     flat = torch.randn(sum(p.numel() for p in params.values()), generator=generator)
-    manual = _tiny_model()
+    manual = tiny_cnn()
     with torch.no_grad():
         sizes = [p.numel() for p in params.values()]
         for param, chunk in zip(manual.parameters(), flat.split(sizes), strict=True):
@@ -144,8 +129,8 @@ def test_draws_perturb_trainable_parameters_only_and_leave_the_model_unchanged()
     assert accuracies[0] == pytest.approx(100.0 * float((predicted == y).double().mean()))
 
 
-def test_sigma_zero_gives_the_unperturbed_accuracy_and_batching_does_not_change_draws():
-    model, (x, y) = _tiny_model(), _tiny_data()
+def test_sigma_zero_gives_the_unperturbed_accuracy_and_batching_does_not_change_draws(tiny_cnn):
+    model, (x, y) = tiny_cnn(), _tiny_data()
     with torch.no_grad():
         base = 100.0 * float((model(x.float() / 255).argmax(1) == y).double().mean())
     assert smoothed_accuracies(model, x, y, n=4, sigma=0.0) == [base] * 4
@@ -157,8 +142,8 @@ def test_sigma_zero_gives_the_unperturbed_accuracy_and_batching_does_not_change_
     assert len(set(one)) > 1  # σ = 0.3 does move the accuracy
 
 
-def test_certificate_roundtrips_and_plots(tmp_path):
-    model, (x, y) = _tiny_model(), _tiny_data()
+def test_certificate_roundtrips_and_plots(tmp_path, tiny_cnn):
+    model, (x, y) = tiny_cnn(), _tiny_data()
     certificate = certify_model(model, x, y, n=30, q=0.5, etas=[0.0, 0.05, 0.5])
     again = Certificate.from_dict(json.loads(json.dumps(certificate.to_dict())))
     assert again == certificate
@@ -170,22 +155,13 @@ def test_certificate_roundtrips_and_plots(tmp_path):
 # ---------------------------------------------------------------------------------------------
 # The CLI on a grid cell and a poison file
 
-TINY = {
-    "dataset": "digits:size=8",
-    "archs": ["smallcnn:width=4"],
-    "epochs": 1,
-    "train_size": 200,
-    "test_size": 100,
-    "progress": False,
-    "device": "cpu",
-}
 EMIN = "emin:form=class:max_rounds=2:model_steps=2:source=[smallcnn:width=4]"
 
 
 @pytest.fixture(scope="module")
-def grid(tmp_path_factory):
+def grid(tmp_path_factory, tiny_grid):
     out = tmp_path_factory.mktemp("certify") / "run"
-    run_grid(GridConfig(methods=[EMIN], out=str(out), save_models=True, **TINY))
+    run_grid(GridConfig(methods=[EMIN], out=str(out), save_models=True, **tiny_grid))
     (record,) = (out / "cells").glob("*.json")
     return out, record
 

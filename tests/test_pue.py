@@ -21,20 +21,8 @@ def data():
     return load("cluttered-digits", train_size=150, test_size=50)
 
 
-def _model():
-    torch.manual_seed(0)
-    return torch.nn.Sequential(
-        torch.nn.Conv2d(3, 4, 3, padding=1),
-        torch.nn.BatchNorm2d(4),
-        torch.nn.ReLU(),
-        torch.nn.AdaptiveAvgPool2d(1),
-        torch.nn.Flatten(),
-        torch.nn.Linear(4, 3),
-    ).eval()
-
-
-def test_perturbed_weights_moves_parameters_only_and_restores_them_exactly():
-    model = _model()
+def test_perturbed_weights_moves_parameters_only_and_restores_them_exactly(tiny_cnn):
+    model = tiny_cnn()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with perturbed_weights(model, 0.5, torch.Generator().manual_seed(0)):
         moved = {k: v.clone() for k, v in model.state_dict().items()}
@@ -49,8 +37,8 @@ def test_perturbed_weights_moves_parameters_only_and_restores_them_exactly():
     assert 0.35 < float(weights.std()) < 0.65  # σ = 0.5 on 120 entries
 
 
-def test_smoothed_noise_step_follows_the_sign_of_the_summed_input_gradient():
-    model, generator = _model(), torch.Generator()
+def test_smoothed_noise_step_follows_the_sign_of_the_summed_input_gradient(tiny_cnn):
+    model, generator = tiny_cnn(), torch.Generator()
     x = torch.rand(6, 3, 5, 5, generator=torch.Generator().manual_seed(1)) * 0.8 + 0.1
     y = torch.tensor([0, 1, 2, 0, 1, 2])
     eps, alpha = 8 / 255, 0.8 / 255
@@ -73,8 +61,8 @@ def test_smoothed_noise_step_follows_the_sign_of_the_summed_input_gradient():
     assert not torch.allclose(smoothed, plain, rtol=0, atol=1e-6)
 
 
-def test_smoothed_source_step_uses_the_mean_gradient_over_the_draws():
-    model, generator = _model(), torch.Generator()
+def test_smoothed_source_step_uses_the_mean_gradient_over_the_draws(tiny_cnn):
+    model, generator = tiny_cnn(), torch.Generator()
     x = torch.rand(8, 3, 5, 5, generator=torch.Generator().manual_seed(2))
     y = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
     noise = WeightNoise((0.0, 0.2, 0.4), draws=3, generator=generator)

@@ -10,21 +10,14 @@ from uebench.cli import main
 from uebench.errors import UebenchError
 from uebench.runner import GridConfig, run_grid
 
-TINY = {
-    "dataset": "digits:size=8",
-    "archs": ["smallcnn:width=4"],
-    "epochs": 1,
-    "train_size": 200,
-    "test_size": 100,
-    "progress": False,
-    "device": "cpu",
-}
 
-
-def test_grid_writes_records_and_csv(tmp_path):
+def test_grid_writes_records_and_csv(tmp_path, tiny_grid):
     table = run_grid(
         GridConfig(
-            methods=["clean", "random:form=class"], seeds=[0, 1], out=str(tmp_path / "g"), **TINY
+            methods=["clean", "random:form=class"],
+            seeds=[0, 1],
+            out=str(tmp_path / "g"),
+            **tiny_grid,
         )
     )
     assert len(table) == 4
@@ -57,8 +50,8 @@ def test_grid_writes_records_and_csv(tmp_path):
     assert sum(map(sum, record["confusion_matrix"])) == 100
 
 
-def test_killed_grid_resumes_without_recomputing(tmp_path, monkeypatch):
-    config = GridConfig(methods=["clean", "random"], out=str(tmp_path / "g"), **TINY)
+def test_killed_grid_resumes_without_recomputing(tmp_path, monkeypatch, tiny_grid):
+    config = GridConfig(methods=["clean", "random"], out=str(tmp_path / "g"), **tiny_grid)
     real_run_cell = runner.run_cell
     calls = []
 
@@ -90,9 +83,9 @@ def test_killed_grid_resumes_without_recomputing(tmp_path, monkeypatch):
     assert len(list((tmp_path / "g" / "cells").glob("*.json"))) == 2
 
 
-def test_same_config_same_cell_and_same_poison(tmp_path):
-    a = GridConfig(methods=["random"], out=str(tmp_path / "a"), **TINY)
-    b = GridConfig(methods=["random:form=sample:seed=0"], out=str(tmp_path / "b"), **TINY)
+def test_same_config_same_cell_and_same_poison(tmp_path, tiny_grid):
+    a = GridConfig(methods=["random"], out=str(tmp_path / "a"), **tiny_grid)
+    b = GridConfig(methods=["random:form=sample:seed=0"], out=str(tmp_path / "b"), **tiny_grid)
     assert a.cells()[0].cell_id == b.cells()[0].cell_id
     ta, tb = run_grid(a), run_grid(b)
     assert ta["poison_hash"][0] == tb["poison_hash"][0]

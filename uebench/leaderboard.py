@@ -320,11 +320,9 @@ def public_columns(board: pd.DataFrame) -> pd.DataFrame:
     return board[[c for c in board.columns if not c.startswith("_")]]
 
 
-def board_markdown(board: pd.DataFrame, rank_by: str = "mean") -> str:
-    """The pivot (``mean ± std`` over seeds) and the long table, as one Markdown document."""
-    metric = board["metric"].iloc[0] if len(board) else "final_acc"
-    counts = set(board["n"])
-    show_n = len(counts) > 1
+def text_pivot(board: pd.DataFrame, rank_by: str = "mean") -> pd.DataFrame:
+    """The pivot with ``mean ± std`` text cells (``n`` shown where seed counts differ)."""
+    show_n = board["n"].nunique() > 1
     text_board = board.assign(
         cell=[
             format_mean_std(m, s, n, show_n)
@@ -333,7 +331,15 @@ def board_markdown(board: pd.DataFrame, rank_by: str = "mean") -> str:
     )
     wide = pivot(text_board, rank_by=rank_by, values="cell")
     wide["score"] = wide["score"].map(lambda v: f"{v:.2f}")
-    seeds = f"n = {counts.pop()} seeds per cell" if not show_n else "n = seeds per cell"
+    return wide
+
+
+def board_markdown(board: pd.DataFrame, rank_by: str = "mean") -> str:
+    """The pivot (``mean ± std`` over seeds) and the long table, as one Markdown document."""
+    metric = board["metric"].iloc[0] if len(board) else "final_acc"
+    counts = set(board["n"])
+    wide = text_pivot(board, rank_by)
+    seeds = f"n = {counts.pop()} seeds per cell" if len(counts) == 1 else "n = seeds per cell"
     score = "mean over countermeasures" if rank_by == "mean" else "worst case (highest accuracy)"
     long = public_columns(board).drop(columns=["metric"])
     return "\n\n".join(

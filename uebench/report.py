@@ -21,11 +21,10 @@ from uebench.errors import UebenchError
 from uebench.leaderboard import (
     aggregate,
     cells_frame,
-    format_mean_std,
     markdown_table,
-    pivot,
     public_columns,
     read_records,
+    text_pivot,
 )
 from uebench.poison import atomic_write
 from uebench.references import compare, load_references
@@ -87,15 +86,7 @@ def _sections(
         f"{hours:.2f} h of cell wall time. Generated {time.strftime('%Y-%m-%d %H:%M')}."
     )
     metric = board["metric"].iloc[0]
-    show_n = board["n"].nunique() > 1
-    text_board = board.assign(
-        cell=[
-            format_mean_std(m, s, n, show_n)
-            for m, s, n in zip(board["mean"], board["std"], board["n"], strict=True)
-        ]
-    )
-    wide = pivot(text_board, rank_by=rank_by, values="cell")
-    wide["score"] = wide["score"].map(lambda v: f"{v:.2f}")
+    wide = text_pivot(board, rank_by)
     score = "mean over countermeasures" if rank_by == "mean" else "highest accuracy over them"
     sections: list[tuple[str, str, pd.DataFrame | None]] = [
         ("Run", summary, None),
