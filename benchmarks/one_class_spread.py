@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from uebench.runner import GridConfig, run_grid
+from uebench.grid import GridConfig, run_grid
 
 
 def class_recalls(confusion: list[list[int]]) -> list[float]:

@@ -21,8 +21,8 @@ from pathlib import Path
 import pandas as pd
 
 from uebench.certify import certify_model, plot_certificates, save_certificate
-from uebench.cli_certify import cell_target
-from uebench.runner import GridConfig, run_grid
+from uebench.cli.certify import cell_target
+from uebench.grid import GridConfig, run_grid
 
 
 def main() -> None:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from uebench.runner import GridConfig, run_grid
+from uebench.grid import GridConfig, run_grid
 
 
 def main() -> None:

@@ -13,7 +13,7 @@ clean data 95.6%.  About three minutes.
 
 import pytest
 
-from uebench.runner import GridConfig, run_grid
+from uebench.grid import GridConfig, run_grid
 
 ARCH = "resnet18:width=16"
 EMIN_CLASS = f"emin:form=class:augment=true:source=[{ARCH}]"

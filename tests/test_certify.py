@@ -18,7 +18,7 @@ from uebench.certify import (
 )
 from uebench.cli import main
 from uebench.errors import UebenchError
-from uebench.runner import GridConfig, run_grid
+from uebench.grid import GridConfig, run_grid
 
 # ---------------------------------------------------------------------------------------------
 # The bound

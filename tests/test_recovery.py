@@ -9,8 +9,8 @@ from uebench.attacks_defenses.recovery import Recovery, distance, project_, trai
 
 from uebench.countermeasure import TrainingContext, TrainSet
 from uebench.errors import UebenchError
+from uebench.grid import GridConfig, run_grid
 from uebench.registry import ARCHS, DEFENSES
-from uebench.runner import GridConfig, run_grid
 from uebench.training import TrainConfig
 
 

@@ -5,10 +5,10 @@ import json
 import pandas as pd
 import pytest
 
-import uebench.runner as runner
+import uebench.grid.runner as runner
 from uebench.cli import main
 from uebench.errors import UebenchError
-from uebench.runner import GridConfig, run_grid
+from uebench.grid import GridConfig, run_grid
 
 
 def test_grid_writes_records_and_csv(tmp_path, tiny_grid):

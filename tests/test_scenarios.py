@@ -12,10 +12,10 @@ from uebench.cache import PoisonCache, method_identity
 from uebench.data import ImageData
 from uebench.diagnostics import backdoor_success_rate
 from uebench.errors import UebenchError
+from uebench.grid import GridConfig, run_grid
 from uebench.method import CraftContext
 from uebench.poison import Poison
 from uebench.registry import METHODS
-from uebench.runner import GridConfig, run_grid
 from uebench.scenarios import only_classes, resolve_classes
 
 CLASSES = ("airplane", "bird", "cat", "ship")

@@ -18,7 +18,7 @@ learned much later (33% overall after 20 epochs).
 
 import pytest
 
-from uebench.runner import GridConfig, run_grid
+from uebench.grid import GridConfig, run_grid
 
 CHANCE = 10.0
 ARCH = "resnet18:width=16"

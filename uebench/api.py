@@ -13,10 +13,10 @@ from typing import Any
 import pandas as pd
 
 from uebench.data import ImageData
+from uebench.grid import GridConfig, run_grid
 from uebench.method import CraftContext
 from uebench.poison import Poison
 from uebench.registry import METHODS
-from uebench.runner import GridConfig, run_grid
 from uebench.training import TrainConfig, resolve_device
 
 

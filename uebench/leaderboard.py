@@ -128,7 +128,7 @@ def _canonical(kind: str, spec: str) -> Any:
     from uebench.registry import ARCHS, DATASETS, DEFENSES
 
     if kind == "method":
-        from uebench.runner import method_identity
+        from uebench.cache import method_identity
 
         return method_identity(spec)
     if kind == "defense":

@@ -66,7 +66,7 @@ def grid_config(reference: Reference, data_root: str | None = None, device: str 
     """The :class:`~uebench.runner.GridConfig` that measures ``reference``: its command restricted
     to its own cell (same cell ids as the full command), or, without a command, one seed of the
     cell at the record's epochs and sizes."""
-    from uebench.runner import GridConfig
+    from uebench.grid import GridConfig
 
     if reference.command:
         values = _command_values(reference)
@@ -104,7 +104,7 @@ def grid_config(reference: Reference, data_root: str | None = None, device: str 
 
 def _command_values(reference: Reference) -> dict[str, Any]:
     from uebench.cli import _parser, read_config_file
-    from uebench.runner import GridConfig
+    from uebench.grid import GridConfig
 
     argv = shlex.split(reference.command)[1:]
     errors = io.StringIO()
@@ -177,7 +177,7 @@ class ReferenceChecker:
         return verdict
 
     def _run(self, reference: Reference) -> pd.DataFrame:
-        from uebench.runner import run_grid
+        from uebench.grid import run_grid
         from uebench.training import resolve_device
 
         config = grid_config(reference, self.data_root, self.device)

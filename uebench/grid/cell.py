@@ -1,32 +1,28 @@
-"""The grid: dataset × method × countermeasure × architecture × seed, one cell at a time.
+"""One cell of a grid: its identity, its data and poison, and the run from scratch to its record.
 
-Each :class:`Cell` carries everything it needs, so a cell can run in another process (Ray later)
-and writes its own record; the grid only decides which cells are still missing.
+A :class:`Cell` carries everything it needs and shares no state with other cells, so any backend
+(the local loop, Ray workers) can run it and every backend produces the same record.
 """
 
 from __future__ import annotations
 
 import functools
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from uebench.cache import PoisonCache, cache_key, method_identity
+from uebench.cache import PoisonCache, cache_key, method_identity, poison_key
 from uebench.countermeasure import TrainingContext, TrainSet, build_countermeasure
 from uebench.data import ImageData
 from uebench.diagnostics import backdoor_success_rate, per_class_accuracy
-from uebench.errors import UebenchError
 from uebench.method import CraftContext
 from uebench.poison import Poison, atomic_write
 from uebench.registry import ARCHS, DATASETS, DEFENSES, METHODS
 from uebench.scenarios import only_classes, resolve_classes
-from uebench.spec import split_list
-from uebench.store import ResultStore
 from uebench.training import (
     EpochStats,
     TrainConfig,
@@ -36,17 +32,6 @@ from uebench.training import (
     train,
 )
 from uebench.version import code_version
-
-# Appendix B's epochs (and the embedded sets'); other datasets fall back to DEFAULT_EPOCHS.
-PAPER_EPOCHS = {
-    "svhn": 30,
-    "cifar10": 60,
-    "cifar100": 100,
-    "imagenet-subset": 100,
-    "cluttered-digits": 20,
-    "digits": 15,
-}
-DEFAULT_EPOCHS = 30
 
 
 @dataclass(frozen=True)
@@ -83,102 +68,6 @@ class Cell:
         return cache_key(self.identity())[:16]
 
 
-@dataclass
-class GridConfig:
-    """Everything ``uebench run`` takes; also what a TOML/YAML ``--config`` file may hold."""
-
-    dataset: str = "cluttered-digits"
-    data_root: str | None = None
-    methods: list[str] = field(default_factory=lambda: ["clean", "emin"])
-    defenses: list[str] = field(default_factory=lambda: ["none"])
-    archs: list[str] = field(default_factory=lambda: ["resnet18"])
-    seeds: list[int] = field(default_factory=lambda: [0])
-    epochs: int | None = None
-    batch_size: int = 128
-    lr: float = 0.025
-    train_size: int | None = None
-    test_size: int | None = None
-    device: str = "auto"
-    out: str = "runs/default"
-    cache_dir: str | None = None
-    save_models: bool = False
-    progress: bool = True
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> GridConfig:
-        """Build from a config mapping; list fields accept lists or comma-separated strings."""
-        known = {f.name for f in fields(cls)}
-        values = {key.replace("-", "_"): value for key, value in values.items()}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise UebenchError(
-                f"unknown config key {unknown[0]!r}; valid: {', '.join(sorted(known))}"
-            )
-        for key in ("methods", "defenses", "archs"):
-            if key in values:
-                values[key] = split_list(values[key])
-        if "seeds" in values:
-            values["seeds"] = parse_seeds(values["seeds"])
-        return cls(**values)
-
-    def train_config(self) -> TrainConfig:
-        name = DATASETS.resolve(self.dataset).spec.name
-        epochs = self.epochs if self.epochs is not None else PAPER_EPOCHS.get(name, DEFAULT_EPOCHS)
-        if epochs < 1:
-            raise UebenchError(f"epochs must be at least 1, got {epochs}")
-        return TrainConfig(epochs=epochs, batch_size=self.batch_size, lr=self.lr)
-
-    def cells(self) -> list[Cell]:
-        """Every cell of the grid, after checking every spec (so typos fail before any work)."""
-        for spec in self.methods:
-            method_identity(spec)
-        for spec in self.defenses:
-            build_countermeasure(spec)
-        for spec in self.archs:
-            ARCHS.resolve(spec)
-        resolve_device(self.device)
-        config = self.train_config()
-        cache_dir = self.cache_dir or str(Path(self.out).parent / "cache")
-        return [
-            Cell(
-                self.dataset,
-                method,
-                defense,
-                arch,
-                seed,
-                config,
-                self.data_root,
-                self.train_size,
-                self.test_size,
-                self.device,
-                cache_dir,
-            )
-            for seed in self.seeds
-            for arch in self.archs
-            for defense in self.defenses
-            for method in self.methods
-        ]
-
-
-def parse_seeds(value: Any) -> list[int]:
-    """``0,1,2``, ``0-4`` or a list of ints."""
-    if isinstance(value, int):
-        return [value]
-    if isinstance(value, str):
-        seeds: list[int] = []
-        for part in value.split(","):
-            try:
-                if "-" in part.strip()[1:]:
-                    low, high = part.split("-", 1)
-                    seeds.extend(range(int(low), int(high) + 1))
-                elif part.strip():
-                    seeds.append(int(part))
-            except ValueError:
-                raise UebenchError(f"bad seeds {value!r}; use e.g. 0,1,2 or 0-4") from None
-        return seeds
-    return [int(v) for v in value]
-
-
 @functools.lru_cache(maxsize=4)
 def load_cell_data(
     dataset: str, data_root: str | None, train_size: int | None, test_size: int | None
@@ -189,29 +78,49 @@ def load_cell_data(
     return load_dataset(dataset, data_root, train_size, test_size, seed=0)
 
 
+def cell_poison_key(cell: Cell, data: ImageData) -> str:
+    """The poison-cache key of the noise ``cell`` needs: cells that share it share one crafting.
+
+    ``classes=`` variants of a method share the key (the harness masks the crafted noise).
+    """
+    return poison_key(cell.method, data.fingerprint(), cell.train.as_dict())
+
+
 def craft_poison(cell: Cell, data: ImageData, progress: bool = True) -> Poison:
-    """The cell's poison, from the cache when any cell crafted it before."""
-    resolved = METHODS.resolve(cell.method)
+    """The crafted (unmasked) noise the cell's method makes, from the cache when there."""
     cache = PoisonCache(cell.cache_dir)
     ctx = CraftContext(resolve_device(cell.device), cell.train, progress, cache)
-    poison = ctx.craft(cell.method, data)
-    classes = resolved.options.get("classes")
+    return ctx.craft(cell.method, data)
+
+
+def cell_poison(cell: Cell, crafted: Poison, data: ImageData) -> Poison:
+    """The crafted noise restricted to the cell's ``classes=`` (the whole of it otherwise)."""
+    classes = METHODS.resolve(cell.method).options.get("classes")
     if classes:
-        poison = only_classes(poison, data.y_train, resolve_classes(classes, data.classes))
-    return poison
+        return only_classes(crafted, data.y_train, resolve_classes(classes, data.classes))
+    return crafted
 
 
-def run_cell(cell: Cell, progress: bool = True, model_path: Path | None = None) -> dict[str, Any]:
+def run_cell(
+    cell: Cell,
+    progress: bool = True,
+    model_path: Path | None = None,
+    crafted: Poison | None = None,
+) -> dict[str, Any]:
     """Run one cell from scratch to its record (a JSON-able dict).
 
-    With ``model_path`` the trained victim's ``state_dict`` is saved there (atomically), for
+    ``crafted`` is the method's noise when a backend crafted it already (a Ray driver hands it
+    over); otherwise it comes from the poison cache, crafted there on a miss.  With
+    ``model_path`` the trained victim's ``state_dict`` is saved there (atomically), for
     ``uebench certify`` and other analyses of the model itself.
     """
     started = time.perf_counter()
     device = resolve_device(cell.device)
     data = load_cell_data(cell.dataset, cell.data_root, cell.train_size, cell.test_size)
     craft_started = time.perf_counter()
-    poison = craft_poison(cell, data, progress)
+    if crafted is None:
+        crafted = craft_poison(cell, data, progress)
+    poison = cell_poison(cell, crafted, data)
     craft_seconds = time.perf_counter() - craft_started
 
     generator = torch.Generator().manual_seed(cell.seed)
@@ -320,35 +229,3 @@ def run_cell(cell: Cell, progress: bool = True, model_path: Path | None = None) 
         "wall_time_s": time.perf_counter() - started,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-
-
-def run_grid(config: GridConfig) -> pd.DataFrame:
-    """Run every unfinished cell of the grid; return results.csv as a DataFrame."""
-    store = ResultStore(config.out)
-    cells = config.cells()
-    todo = [cell for cell in cells if store.read(cell.cell_id) is None]
-    if len(todo) < len(cells):
-        tqdm.write(
-            f"uebench: {len(cells) - len(todo)} of {len(cells)} cells already done in "
-            f"{store.root}; running {len(todo)}"
-        )
-    for cell in tqdm(
-        todo, desc="grid", disable=not config.progress or not todo, dynamic_ncols=True
-    ):
-        model_path = store.root / "models" / f"{cell.cell_id}.pt" if config.save_models else None
-        store.write(run_cell(cell, config.progress, model_path))
-        store.write_csv()
-    store.write_csv()
-    table = store.table()
-    ids = {cell.cell_id for cell in cells}
-    return table[table["cell_id"].isin(ids)].reset_index(drop=True)
-
-
-def summary(table: pd.DataFrame) -> str:
-    """Clean test accuracy (final epoch, mean over seeds): methods × (defense, arch)."""
-    if table.empty:
-        return "(no results)"
-    pivot = table.pivot_table(
-        index="method", columns=["defense", "arch"], values="final_acc", aggfunc="mean", sort=False
-    )
-    return pivot.round(2).to_string()

@@ -35,14 +35,21 @@ _RUN_FLAGS = {
     "device": "auto, cpu or cuda[:N] (default auto)",
     "out": "results folder (default runs/default)",
     "cache_dir": "poison cache folder (default: cache/ beside the results folder)",
+    "protocol": "named settings bundle (uebench list protocols; default: the dataset's)",
+    "threads": "torch threads per cell (default: see README, Threads)",
+    "backend": "local (default) or ray",
+    "address": "Ray cluster address: auto or ray://HOST:PORT (default: start a local Ray)",
+    "cpus_per_cell": "Ray: CPUs each cell requests",
+    "gpus_per_cell": "Ray: GPUs each cell requests (default 1 when the cluster has GPUs)",
 }
-_INT_FLAGS = {"epochs", "batch_size", "train_size", "test_size"}
+_INT_FLAGS = {"epochs", "batch_size", "train_size", "test_size", "threads"}
+_FLOAT_FLAGS = {"lr", "cpus_per_cell", "gpus_per_cell"}
 
 #: Modules that add further subcommands (see the module docstring).
 COMMAND_MODULES: tuple[str, ...] = (
-    "uebench.cli_diagnose",
-    "uebench.cli_certify",
-    "uebench.cli_board",
+    "uebench.cli.diagnose",
+    "uebench.cli.certify",
+    "uebench.cli.board",
 )
 
 
@@ -54,7 +61,7 @@ def _parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run a method × countermeasure × arch × seed grid")
     run.add_argument("--config", help="TOML or YAML file with the same keys; flags override it")
     for name, text in _RUN_FLAGS.items():
-        kind = int if name in _INT_FLAGS else float if name == "lr" else str
+        kind = int if name in _INT_FLAGS else float if name in _FLOAT_FLAGS else str
         run.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, help=text)
     run.add_argument(
         "--save-models", action="store_true", default=None, help="keep each trained victim model"
@@ -97,7 +104,7 @@ def read_config_file(path: str) -> dict[str, Any]:
 
 
 def _run(args: argparse.Namespace) -> None:
-    from uebench.runner import GridConfig, run_grid, summary
+    from uebench.grid import GridConfig, run_grid, summary
 
     values = read_config_file(args.config) if args.config else {}
     flags = {*_RUN_FLAGS, "save_models"}

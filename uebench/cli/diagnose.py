@@ -10,7 +10,7 @@ from typing import Any
 import pandas as pd
 
 from uebench.errors import UebenchError
-from uebench.store import ResultStore
+from uebench.grid.store import ResultStore
 
 # Bulky notes a terminal reader does not want in full.
 _LONG_NOTES = {"poisoned_indices", "clean_part_history"}

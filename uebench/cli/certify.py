@@ -128,8 +128,8 @@ def resolve_target(args: argparse.Namespace) -> Target:
 def cell_target(path: Path, which: str = "victim", test_size: int | None = None) -> Target:
     """A grid cell's saved victim (``which="victim"``) or its poison's crafting surrogate."""
     from uebench.cache import poison_key
+    from uebench.grid.cell import load_cell_data
     from uebench.registry import ARCHS
-    from uebench.runner import load_cell_data
 
     try:
         record = json.loads(path.read_text())

@@ -1,0 +1,15 @@
+"""Grids of cells: configuration, one cell's run, the result store and the backends.
+
+A grid (:class:`GridConfig`) expands to cells (:class:`Cell`: dataset × method × countermeasure ×
+architecture × seed under one protocol).  Each cell is a self-contained unit of work with a
+content-hashed id; a backend runs the cells that have no record yet, and the
+:class:`ResultStore` keeps one JSON record per finished cell plus the derived ``results.csv``.
+"""
+
+from uebench.grid.cell import Cell, run_cell
+from uebench.grid.config import GridConfig, parse_seeds
+from uebench.grid.runner import run_grid
+from uebench.grid.store import ResultStore
+from uebench.grid.summary import summary
+
+__all__ = ["Cell", "GridConfig", "ResultStore", "parse_seeds", "run_cell", "run_grid", "summary"]
