@@ -12,12 +12,15 @@ import importlib
 import inspect
 import os
 import sys
+import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
 import tomllib
 
 from uebench.errors import UebenchError
+from uebench.grid.protocols import protocol_names
 from uebench.registry import REGISTRIES
 
 _RUN_FLAGS = {
@@ -69,7 +72,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--no-progress", action="store_true", help="hide progress bars")
     run.set_defaults(handler=_run)
     listing = commands.add_parser("list", help="list registered plugins and their options")
-    listing.add_argument("kind", nargs="?", choices=sorted(REGISTRIES), help="which registry")
+    listing.add_argument(
+        "kind", nargs="?", choices=[*sorted(REGISTRIES), "protocols"], help="which registry"
+    )
     listing.set_defaults(handler=lambda args: _list(args.kind))
     for module in COMMAND_MODULES:
         importlib.import_module(module).register(commands)
@@ -112,12 +117,22 @@ def _run(args: argparse.Namespace) -> None:
     if args.no_progress:
         values["progress"] = False
     config = GridConfig.from_dict(values)
+    started = time.perf_counter()
     table = run_grid(config)
-    print(f"\nclean test accuracy (%), final epoch; results in {Path(config.out) / 'results.csv'}")
+    protocol = config.resolved_protocol()
+    out = Path(config.out)
+    print(f"\nprotocol {protocol.name} on {protocol.dataset} (uebench list protocols shows it)")
     print(summary(table))
+    print(
+        f"wall time {time.perf_counter() - started:.0f} s; records in {out / 'cells'}, "
+        f"table in {out / 'results.csv'}; report: uebench report {out}"
+    )
 
 
 def _list(kind: str | None) -> None:
+    if kind == "protocols":
+        _list_protocols()
+        return
     for name in [kind] if kind else sorted(REGISTRIES):
         registry = REGISTRIES[name]
         print(f"{name}:")
@@ -131,6 +146,45 @@ def _list(kind: str | None) -> None:
             print(f"  {plugin:16s} {doc[0] if doc else ''}")
             if options:
                 print(f"  {'':16s} options: {options}")
+
+
+def _list_protocols() -> None:
+    """Every protocol with every value it sets, for each dataset it declares."""
+    from uebench.grid.protocols import declared_datasets, default_protocols, resolve_protocol
+
+    for name in protocol_names():
+        print(f"{name}:")
+        first = resolve_protocol(name, "*")
+        print(textwrap.fill(first.description, 96, initial_indent="  ", subsequent_indent="  "))
+        defaults = [d for d, p in default_protocols().items() if p == name]
+        if defaults:
+            print(f"  the default protocol of: {', '.join(defaults)}")
+        for dataset in declared_datasets(name):
+            protocol = resolve_protocol(name, dataset)
+            if dataset == "*":
+                print("  any dataset not listed below:")
+            else:
+                print(f"  {dataset}:")
+            for key, value in protocol.as_dict().items():
+                if key not in ("name", "dataset") and value not in (None, {}):
+                    print(f"    {key:15s} {_show_value(value)}")
+
+
+def _show_value(value: Any) -> str:
+    """Protocol values in the spec grammar: ``emin:steps=5``, ``source=[resnet18:width=16]``."""
+    from uebench.grid.protocols import spec_value
+
+    if isinstance(value, dict):
+        nested = any(isinstance(v, dict) for v in value.values())
+        if nested:  # per-plugin options: one spec per plugin
+            return " ".join(
+                name + "".join(f":{k}={spec_value(v)}" for k, v in options.items())
+                for name, options in value.items()
+            )
+        return ":".join(f"{k}={spec_value(v)}" for k, v in value.items())
+    if isinstance(value, list):
+        return ",".join(map(str, value))
+    return _show(value)
 
 
 def _show(value: Any) -> str:

@@ -19,6 +19,7 @@ from uebench.cache import PoisonCache, cache_key, method_identity, poison_key
 from uebench.countermeasure import TrainingContext, TrainSet, build_countermeasure
 from uebench.data import ImageData
 from uebench.diagnostics import backdoor_success_rate, per_class_accuracy
+from uebench.grid.protocols import resolve_protocol
 from uebench.method import CraftContext
 from uebench.poison import Poison, atomic_write
 from uebench.registry import ARCHS, DATASETS, DEFENSES, METHODS
@@ -49,6 +50,18 @@ class Cell:
     test_size: int | None = None
     device: str = "auto"
     cache_dir: str = "runs/cache"
+    # Not part of the identity: the resolved specs and settings above are what a result
+    # depends on, whichever protocol (or flags) brought them.
+    protocol: str | None = None
+    method_label: str | None = None  # the method as the user wrote it (tables show this)
+    defense_label: str | None = None
+
+    def name(self) -> str:
+        """``method/defense/arch/seed`` as the user wrote them."""
+        return (
+            f"{self.method_label or self.method}/{self.defense_label or self.defense}/"
+            f"{self.arch}/seed {self.seed}"
+        )
 
     def identity(self) -> dict[str, Any]:
         """What determines the result (not where data or caches live, nor the device)."""
@@ -139,7 +152,7 @@ def run_cell(
     model = ARCHS.build(cell.arch, data.num_classes, data.image_shape)
     bar = tqdm(
         total=cell.train.epochs,
-        desc=f"{cell.method}/{cell.defense}/{cell.arch}",
+        desc=cell.name(),
         leave=False,
         disable=not progress,
         dynamic_ncols=True,
@@ -196,8 +209,14 @@ def run_cell(
         "model_path": str(model_path) if model_path is not None else None,
         "cell_id": cell.cell_id,
         "dataset": cell.dataset,
-        "method": cell.method,
-        "defense": cell.defense,
+        "method": cell.method_label or cell.method,
+        "defense": cell.defense_label or cell.defense,
+        "method_spec": cell.method,
+        "defense_spec": cell.defense,
+        "protocol": cell.protocol,
+        "protocol_values": (
+            resolve_protocol(cell.protocol, cell.dataset).as_dict() if cell.protocol else None
+        ),
         "arch": cell.arch,
         "seed": cell.seed,
         "epochs": cell.train.epochs,
@@ -211,6 +230,7 @@ def run_cell(
         "selected_epoch": history[selected].epoch,
         "history": [asdict(stats) for stats in history],
         "classes": list(data.classes),
+        "num_classes": data.num_classes,
         "confusion_matrix": confusion.tolist(),
         "per_class_acc": [None if value != value else value for value in per_class.tolist()],
         "backdoor_success": backdoor,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -10,20 +11,10 @@ from uebench.cache import method_identity
 from uebench.countermeasure import build_countermeasure
 from uebench.errors import UebenchError
 from uebench.grid.cell import Cell
-from uebench.registry import ARCHS, DATASETS
+from uebench.grid.protocols import Protocol, resolve_protocol
+from uebench.registry import ARCHS
 from uebench.spec import split_list
 from uebench.training import TrainConfig, resolve_device
-
-# Appendix B's epochs (and the embedded sets'); other datasets fall back to DEFAULT_EPOCHS.
-PAPER_EPOCHS = {
-    "svhn": 30,
-    "cifar10": 60,
-    "cifar100": 100,
-    "imagenet-subset": 100,
-    "cluttered-digits": 20,
-    "digits": 15,
-}
-DEFAULT_EPOCHS = 30
 
 
 @dataclass
@@ -34,11 +25,12 @@ class GridConfig:
     data_root: str | None = None
     methods: list[str] = field(default_factory=lambda: ["clean", "emin"])
     defenses: list[str] = field(default_factory=lambda: ["none"])
-    archs: list[str] = field(default_factory=lambda: ["resnet18"])
+    # None: the protocol's value (archs, epochs, batch_size, lr, train_size, test_size).
+    archs: list[str] | None = None
     seeds: list[int] = field(default_factory=lambda: [0])
     epochs: int | None = None
-    batch_size: int = 128
-    lr: float = 0.025
+    batch_size: int | None = None
+    lr: float | None = None
     train_size: int | None = None
     test_size: int | None = None
     device: str = "auto"
@@ -73,43 +65,75 @@ class GridConfig:
             values["seeds"] = parse_seeds(values["seeds"])
         return cls(**values)
 
+    def resolved_protocol(self) -> Protocol:
+        """The grid's protocol (``protocol`` or the dataset's default) for its dataset."""
+        return resolve_protocol(self.protocol, self.dataset)
+
     def train_config(self) -> TrainConfig:
-        name = DATASETS.resolve(self.dataset).spec.name
-        epochs = self.epochs if self.epochs is not None else PAPER_EPOCHS.get(name, DEFAULT_EPOCHS)
+        """The victim's training settings: explicit values, else the protocol's."""
+        protocol = self.resolved_protocol()
+        epochs = self.epochs if self.epochs is not None else protocol.epochs
         if epochs < 1:
             raise UebenchError(f"epochs must be at least 1, got {epochs}")
-        return TrainConfig(epochs=epochs, batch_size=self.batch_size, lr=self.lr)
+        return TrainConfig(
+            epochs=epochs,
+            batch_size=self.batch_size if self.batch_size is not None else protocol.batch_size,
+            lr=self.lr if self.lr is not None else protocol.lr,
+        )
 
-    def cells(self) -> list[Cell]:
-        """Every cell of the grid, after checking every spec (so typos fail before any work)."""
-        for spec in self.methods:
+    def cells(self, report: Callable[[str], None] | None = None) -> list[Cell]:
+        """Every distinct cell of the grid, after checking every spec (typos fail before work).
+
+        Specs are completed with the protocol's options; two spellings of one cell
+        (``random`` and ``random:form=sample``) run once, under the spelling given first, and
+        ``report`` (if given) is told of each such alias.
+        """
+        protocol = self.resolved_protocol()
+        methods = [(label, protocol.method_spec(label)) for label in self.methods]
+        defenses = [(label, protocol.defense_spec(label)) for label in self.defenses]
+        archs = self.archs if self.archs is not None else list(protocol.archs)
+        for _, spec in methods:
             method_identity(spec)
-        for spec in self.defenses:
+        for _, spec in defenses:
             build_countermeasure(spec)
-        for spec in self.archs:
+        for spec in archs:
             ARCHS.resolve(spec)
         resolve_device(self.device)
         config = self.train_config()
         cache_dir = self.cache_dir or str(Path(self.out).parent / "cache")
-        return [
-            Cell(
-                self.dataset,
-                method,
-                defense,
-                arch,
-                seed,
-                config,
-                self.data_root,
-                self.train_size,
-                self.test_size,
-                self.device,
-                cache_dir,
-            )
-            for seed in self.seeds
-            for arch in self.archs
-            for defense in self.defenses
-            for method in self.methods
-        ]
+        cells: dict[str, Cell] = {}
+        for seed in self.seeds:
+            for arch in archs:
+                for defense_label, defense in defenses:
+                    for method_label, method in methods:
+                        cell = Cell(
+                            dataset=self.dataset,
+                            method=method,
+                            defense=defense,
+                            arch=arch,
+                            seed=seed,
+                            train=config,
+                            data_root=self.data_root,
+                            train_size=_first(self.train_size, protocol.train_size),
+                            test_size=_first(self.test_size, protocol.test_size),
+                            device=self.device,
+                            cache_dir=cache_dir,
+                            protocol=protocol.name,
+                            method_label=method_label,
+                            defense_label=defense_label,
+                        )
+                        first = cells.setdefault(cell.cell_id, cell)
+                        if first is not cell and report is not None:
+                            report(
+                                f"{cell.name()} is the same cell as {first.name()}; running it once"
+                            )
+        if not cells:
+            raise UebenchError("the grid is empty: give at least one method, defense and seed")
+        return list(cells.values())
+
+
+def _first(value: Any, fallback: Any) -> Any:
+    return value if value is not None else fallback
 
 
 def parse_seeds(value: Any) -> list[int]:

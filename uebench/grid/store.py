@@ -14,6 +14,7 @@ import pandas as pd
 from uebench.poison import atomic_write
 
 CSV_COLUMNS = [
+    "protocol",
     "dataset",
     "method",
     "defense",
@@ -28,6 +29,7 @@ CSV_COLUMNS = [
     "backdoor_success",
     "train_size",
     "test_size",
+    "num_classes",
     "poison_hash",
     "wall_time_s",
     "cell_id",
