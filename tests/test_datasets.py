@@ -338,3 +338,21 @@ def test_cluttered_digits_is_a_deterministic_rgb_set() -> None:
     assert first.x_train.float().std() < 60
     with pytest.raises(UebenchError, match="size >= 8"):
         load_dataset("cluttered-digits:size=4")
+
+
+
+def test_cluttered_digits_tests_on_unseen_glyphs() -> None:
+    """Every copy of a source glyph lands on one side of the split, so the test set measures
+    unseen handwriting; the earlier image split (kept as ``split=image`` to reproduce old
+    numbers) put copies of one glyph on both sides."""
+    from uebench.datasets import cluttered_digits_test_mask
+
+    glyph_labels = torch.arange(50) % 10
+    for split, leaks in (("glyph", False), ("image", True)):
+        test = cluttered_digits_test_mask(glyph_labels, copies=3, split=split, seed=0)
+        by_glyph = test.reshape(3, 50)  # image c * 50 + g is copy c of glyph g
+        mixed = (by_glyph.any(0) & ~by_glyph.all(0)).any()
+        assert bool(mixed) is leaks, split
+        assert int(test.sum()) == 30  # 20% of the images either way
+    data = load_dataset("cluttered-digits")
+    assert len(data.y_test) == 3 * 359  # 20% of sklearn's 1797 glyphs, all three copies

@@ -108,7 +108,7 @@ def test_list_protocols_shows_every_value(capsys):
     for text in ("mini:", "paper:", "cifar10:", "epochs", "batch_size", "lr", "archs"):
         assert text in out
     assert "emin:form=sample:steps=5:stop_error=0.1:max_rounds=20" in out
-    assert "the default protocol of: cluttered-digits" in out
+    assert "the default protocol of: cluttered-digits\n" in out
 
 
 def test_two_spellings_of_one_cell_run_once_under_the_first(tmp_path, tiny_grid):

@@ -21,6 +21,7 @@ import pytest
 from uebench.grid import GridConfig, run_grid
 
 CHANCE = 10.0
+DATASET = "cluttered-digits:split=image:contrast=0.2"
 ARCH = "resnet18:width=16"
 EMIN_SAMPLE = f"emin:augment=true:steps=5:stop_error=0.1:max_rounds=20:source=[{ARCH}]"
 EMIN_CLASS = f"emin:form=class:augment=true:source=[{ARCH}]"
@@ -32,7 +33,11 @@ def results(tmp_path_factory):
     out = tmp_path_factory.mktemp("effect")
     table = run_grid(
         GridConfig(
-            dataset="cluttered-digits",
+            # The image-split layout and the paper protocol these numbers were measured with
+            # (the default now splits by glyph and runs the mini protocol: see
+            # benchmarks/headline.py for the checks on it).
+            dataset=DATASET,
+            protocol="paper",
             methods=["clean", "random", EMIN_SAMPLE, EMIN_CLASS, ONE_CLASS],
             archs=[ARCH],
             out=str(out / "grid"),

@@ -125,20 +125,29 @@ def cluttered_digits(
     ] = glyphs
     canvas += strength * layer[:, None]
     x = (canvas.clamp(0, 1) * 255).round().to(torch.uint8)
-    # Split by source glyph, not by image: every copy of a glyph lands on the same side, so the
-    # test set measures unseen handwriting rather than glyphs already seen in training.
-    # ``split=image`` is the earlier random split of images (copies of one glyph on both
-    # sides), kept only to reproduce numbers measured before the glyph split.
-    if split == "image":
-        test = torch.zeros(n, dtype=torch.bool)
-        test[stratified_indices(y, round(0.2 * n), seed=seed)] = True
-    else:
-        glyph_labels = torch.from_numpy(bunch.target.astype(np.int64))
-        test_glyph = torch.zeros(len(glyph_labels), dtype=torch.bool)
-        chosen = stratified_indices(glyph_labels, round(0.2 * len(glyph_labels)), seed=seed)
-        test_glyph[chosen] = True
-        test = test_glyph.repeat(copies)
+    glyph_labels = torch.from_numpy(bunch.target.astype(np.int64))
+    test = cluttered_digits_test_mask(glyph_labels, copies, split, seed)
     return ImageData("cluttered-digits", x[~test], y[~test], x[test], y[test], DIGIT_CLASSES)
+
+
+def cluttered_digits_test_mask(
+    glyph_labels: torch.Tensor, copies: int, split: str, seed: int
+) -> torch.Tensor:
+    """Which of the ``copies × glyphs`` images (copy-major order) form the 20% test split.
+
+    ``glyph``: whole glyphs, every copy of a test glyph in test, so the test set measures unseen
+    handwriting rather than glyphs already seen in training.  ``image``: the earlier random
+    split of images (copies of one glyph on both sides), kept only to reproduce numbers
+    measured before the glyph split.
+    """
+    if split == "image":
+        labels = glyph_labels.repeat(copies)
+        test = torch.zeros(len(labels), dtype=torch.bool)
+        test[stratified_indices(labels, round(0.2 * len(labels)), seed=seed)] = True
+        return test
+    test_glyph = torch.zeros(len(glyph_labels), dtype=torch.bool)
+    test_glyph[stratified_indices(glyph_labels, round(0.2 * len(glyph_labels)), seed=seed)] = True
+    return test_glyph.repeat(copies)
 
 
 # --------------------------------------------------------------------------- npz files

@@ -158,6 +158,8 @@ def _record_keys(record: dict[str, Any]) -> dict[str, str]:
     else:
         keys = {f"_key_{k}": spec_key(k, record[k]) for k in _KINDS}
         protocol = {k: record.get(k) for k in ("epochs", "train_size", "test_size")}
+    # The named protocol joins the key: cells of different protocols are never pooled.
+    protocol["name"] = record.get("protocol")
     keys["_key_protocol"] = json.dumps(protocol, sort_keys=True)
     return keys
 
@@ -219,7 +221,9 @@ def aggregate(cells: pd.DataFrame, metric: str = "final_acc") -> pd.DataFrame:
     board["rank"] = board.groupby(setting)["mean"].rank(method="min").astype(int)
     if board["_key_protocol"].nunique() > 1:
         codes = {key: i + 1 for i, key in enumerate(dict.fromkeys(board["_key_protocol"]))}
-        board["protocol"] = board["_key_protocol"].map(codes)
+        board["protocol"] = board["_key_protocol"].map(
+            lambda key: json.loads(key).get("name") or codes[key]
+        )
     board["_defense_order"] = board["defense"].map(lambda d: (d != "none", d))
     board = board.sort_values(
         ["dataset", "arch", "epochs", "train_size", "_key_protocol", "_defense_order", "mean"],

@@ -72,7 +72,11 @@ def grid_config(reference: Reference, data_root: str | None = None, device: str 
         values = _command_values(reference)
         for key, kind in (("methods", "method"), ("defenses", "defense"), ("archs", "arch")):
             spec = getattr(reference, kind)
-            given = GridConfig.from_dict({key: values.get(key, getattr(GridConfig(), key))})
+            default = getattr(GridConfig(), key)
+            if default is None:  # the protocol's (archs)
+                setting = {k: values[k] for k in ("dataset", "protocol") if k in values}
+                default = list(GridConfig.from_dict(setting).resolved_protocol().archs)
+            given = GridConfig.from_dict({key: values.get(key, default)})
             if spec_key(kind, spec) not in {spec_key(kind, s) for s in getattr(given, key)}:
                 raise UebenchError(f"{reference.name}: {kind} {spec!r} is not in its command")
         values.update(methods=[reference.method], defenses=[reference.defense])
