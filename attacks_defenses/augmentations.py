@@ -8,6 +8,7 @@ takes as they are.
 from __future__ import annotations
 
 import kornia.augmentation as K
+import kornia.filters
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -149,3 +150,31 @@ class UniformNoise(Countermeasure):
     def augment(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         noise = torch.empty_like(x).uniform_(-self.eps, self.eps)
         return (x + noise).clamp(0, 1), y
+
+
+class GaussianBlur(Countermeasure):
+    """Gaussian blur of every training batch: kernel 3, σ 0.1 (ISS's and APBench's ``gaussian``).
+
+    Both run torchvision's ``GaussianBlur(3, sigma=0.1)`` before crop+flip; here kornia blurs the
+    float batch after them, with the same reflect padding.  At σ = 0.1 the off-centre taps of a
+    3-tap Gaussian weigh about 2e-22, so the defaults leave every image unchanged in float32,
+    exactly as the field's setting does: its ``gaussian`` column is standard training.  Pass a
+    larger ``sigma`` (e.g. 1) for a blur that removes high frequencies.  A kernel wider than the
+    image is narrowed to the largest odd size that fits.
+    """
+
+    def __init__(self, *, kernel_size: int = 3, sigma: float = 0.1) -> None:
+        if kernel_size < 1 or kernel_size % 2 == 0:
+            raise UebenchError(f"blur kernel_size must be a positive odd number, got {kernel_size}")
+        if sigma <= 0:
+            raise UebenchError(f"blur sigma must be positive, got {sigma:g}")
+        self.kernel_size = kernel_size
+        self.sigma = sigma
+
+    def augment(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        fits = min(x.shape[-2:])
+        size = min(self.kernel_size, fits if fits % 2 else fits - 1)
+        if size == 1:
+            return x, y
+        blurred = kornia.filters.gaussian_blur2d(x, size, (self.sigma, self.sigma))
+        return blurred, y

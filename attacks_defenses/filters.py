@@ -1,5 +1,6 @@
 """Dataset-level filters a thief may run over the training images before training (ISS-style):
-JPEG compression and grayscale conversion (Liu et al., "Image Shortcut Squeezing", 2023)."""
+JPEG compression, grayscale conversion and bit-depth reduction (Liu et al., "Image Shortcut
+Squeezing", 2023; APBench, Qin et al. 2024)."""
 
 from __future__ import annotations
 
@@ -61,3 +62,20 @@ class Grayscale(Countermeasure):
         weights = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
         gray = (train.x.float() * weights).sum(1, keepdim=True).round().clamp(0, 255)
         return _replace_images(train, gray.to(torch.uint8).expand_as(train.x).contiguous())
+
+
+class BitDepthReduction(Countermeasure):
+    """Keep the top ``bits`` bits of every channel value (2 in ISS and APBench).
+
+    As torchvision's ``RandomPosterize(bits, p=1)``, which both use: the low bits are masked off
+    (2 bits leave the levels 0, 64, 128, 192), not rounded to the nearest level.
+    """
+
+    def __init__(self, *, bits: int = 2) -> None:
+        if not 1 <= bits <= 8:
+            raise UebenchError(f"bdr bits must be in 1..8, got {bits}")
+        self.bits = bits
+
+    def prepare(self, train: TrainSet, generator: torch.Generator) -> TrainSet:
+        mask = (0xFF << (8 - self.bits)) & 0xFF
+        return _replace_images(train, train.x & mask, bdr_bits=self.bits)

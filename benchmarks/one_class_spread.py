@@ -30,7 +30,9 @@ def class_recalls(confusion: list[list[int]]) -> list[float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--dataset", default="cluttered-digits:split=image:contrast=0.2")
+    parser.add_argument(
+        "--dataset", default="cluttered-digits:split=image:contrast=0.2:digit_size=8:clutter=0.3"
+    )
     parser.add_argument("--arch", default="resnet18:width=16")
     parser.add_argument("--target", type=int, default=3, help="the unlearnable class")
     parser.add_argument("--eps", default="8/255,10/255", help="comma-separated ε values")

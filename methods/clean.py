@@ -7,6 +7,7 @@ import torch
 from uebench.data import ImageData
 from uebench.method import CraftContext, Method
 from uebench.poison import Poison
+from uebench.threat import ThreatModel
 
 
 class Clean(Method):
@@ -14,4 +15,8 @@ class Clean(Method):
 
     def craft(self, data: ImageData, ctx: CraftContext) -> Poison:
         rows = torch.full((len(data.y_train),), -1, dtype=torch.long)
-        return Poison(torch.zeros(1, *data.image_shape), rows, eps=0.0, meta={"form": "none"})
+        noise = torch.zeros(1, *data.image_shape)
+        return Poison(noise, rows, self.threat_model(), {"form": "none"})
+
+    def threat_model(self) -> ThreatModel:
+        return ThreatModel.linf(0.0)

@@ -12,8 +12,10 @@ from typing import ClassVar, Literal
 import torch
 
 from uebench.data import ImageData
+from uebench.errors import UebenchError
 from uebench.method import CraftContext, Method
 from uebench.poison import Poison
+from uebench.threat import ThreatModel
 
 
 def _per_image(poison: Poison) -> torch.Tensor:
@@ -42,7 +44,18 @@ class Mixture(Method):
         self.combine = combine
         self.seed = seed
 
+    def threat_model(self) -> ThreatModel:
+        """The larger of the parts' L∞ budgets (both parts must be L∞ noise)."""
+        from uebench.registry import METHODS
+
+        parts = [METHODS.build(spec).threat_model() for spec in (self.first, self.second)]
+        if any(part is None or part.norm != "linf" for part in parts):
+            shown = ", ".join(part.describe() if part else "undeclared" for part in parts)
+            raise UebenchError(f"mix combines L∞ noise only; its parts are {shown}")
+        return ThreatModel.linf(max(float(part.budget) for part in parts))  # type: ignore[union-attr,arg-type]
+
     def craft(self, data: ImageData, ctx: CraftContext) -> Poison:
+        self.threat_model()  # L∞ parts only, before any crafting
         a, b = ctx.craft(self.first, data), ctx.craft(self.second, data)
         meta = {
             "form": f"mixture-{self.combine}",

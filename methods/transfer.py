@@ -23,6 +23,7 @@ from uebench.errors import UebenchError
 from uebench.method import CraftContext, Method
 from uebench.poison import Poison
 from uebench.scenarios import resolve_classes
+from uebench.threat import ThreatModel
 
 
 def read_class_mapping(path: str | Path) -> list[tuple[str, str]]:
@@ -68,6 +69,12 @@ class Transfer(Method):
         self.mapping = mapping
         self.pairs = read_class_mapping(mapping) if mapping else None  # fail early on a bad file
 
+    def threat_model(self) -> ThreatModel | None:
+        """The budget of the method whose noise it transfers."""
+        from uebench.registry import METHODS
+
+        return METHODS.build(self.method).threat_model()
+
     def craft(self, data: ImageData, ctx: CraftContext) -> Poison:
         from uebench.datasets import load_dataset
 
@@ -103,7 +110,7 @@ class Transfer(Method):
         }
         if self.mapping:
             meta["mapping_sha256"] = hashlib.sha256(Path(self.mapping).read_bytes()).hexdigest()
-        return Poison(bank, rows, crafted.eps, meta)
+        return Poison(bank, rows, crafted.threat, meta)
 
     def _by_image(self, crafted: Poison, source: ImageData, data: ImageData) -> Poison:
         """Sample-wise noise onto the target images that are byte-identical to source images."""
@@ -121,7 +128,7 @@ class Transfer(Method):
             "source_poison": crafted.content_hash(),
             "images_matched": int(hit.sum()),
         }
-        return Poison(crafted.delta, rows, crafted.eps, meta)
+        return Poison(crafted.delta, rows, crafted.threat, meta)
 
     def _class_map(self, data: ImageData, source: ImageData) -> dict[int, int]:
         """Target class → source class: the mapping file, else equal names, else equal numbers."""

@@ -15,6 +15,10 @@ import pytest
 
 from uebench.grid import GridConfig, run_grid
 
+# Superseded in the default run by tests/test_headline.py (adversarial training rescues
+# sample-wise noise on today's default); kept for class-wise noise, with ``pytest -m slow``.
+pytestmark = pytest.mark.slow
+
 ARCH = "resnet18:width=16"
 EMIN_CLASS = f"emin:form=class:augment=true:source=[{ARCH}]"
 ADVTRAIN = "advtrain:steps=3:alpha=3/255"
@@ -26,7 +30,7 @@ def final_acc(tmp_path_factory):
     table = run_grid(
         GridConfig(
             # The image-split layout and protocol these numbers were measured with.
-            dataset="cluttered-digits:contrast=0.5:split=image",
+            dataset="cluttered-digits:contrast=0.5:split=image:digit_size=8:clutter=0.3",
             protocol="paper",
             methods=[EMIN_CLASS],
             defenses=["none", ADVTRAIN],

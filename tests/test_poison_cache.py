@@ -41,7 +41,7 @@ def test_rows_minus_one_leave_images_clean():
 
 
 def test_wrong_shapes_and_eps_are_one_line_errors():
-    with pytest.raises(UebenchError, match="beyond ε"):
+    with pytest.raises(UebenchError, match="beyond the budget L∞ ≤ 8/255"):
         Poison(torch.ones(1, 3, 4, 4), torch.zeros(2, dtype=torch.long), 8 / 255)
     poison = _poison()
     with pytest.raises(UebenchError, match="made for 6 training images"):

@@ -61,8 +61,12 @@ def test_protocol_fills_what_specs_leave_unset_and_specs_win():
     mini = resolve_protocol("mini", "cluttered-digits")
     source = mini.method_options["source"]
     assert mini.method_spec("emin") == (
-        f"emin:source=[{source}]:augment=true:steps=5:stop_error=0.1:max_rounds=20"
+        f"emin:source=[{source}]:augment=true:steps=5:stop_error=0.1:max_rounds=10:alpha=2/255"
+        ":lr=0.01"
     )
+    # The dataset's own section refines the "*" one: CIFAR subsets keep the ResNet source.
+    cifar = resolve_protocol("mini", "cifar10")
+    assert cifar.method_spec("emin").startswith("emin:source=[resnet18:width=16]:augment=true")
     # An option written in the spec wins, and a positional first option counts as written.
     assert "source=[vgg11]" in mini.method_spec("emin:source=[vgg11]")
     assert mini.method_spec("emin:source=[vgg11]").count("source=") == 1
@@ -74,10 +78,8 @@ def test_protocol_fills_what_specs_leave_unset_and_specs_win():
     # Options a plugin does not have are not forced on it.
     assert mini.method_spec("random") == "random"
     assert mini.method_spec("clean") == "clean"
-    assert mini.defense_spec("advtrain") == "advtrain:steps=3:alpha=[3/255]" or (
-        mini.defense_spec("advtrain") == "advtrain:steps=3:alpha=3/255"
-    )
-    assert mini.defense_spec("cutmix+advtrain:steps=7").endswith("advtrain:steps=7:alpha=3/255")
+    assert mini.defense_spec("advtrain") == "advtrain:steps=2:alpha=4/255"
+    assert mini.defense_spec("cutmix+advtrain:steps=7").endswith("advtrain:steps=7:alpha=4/255")
 
 
 def test_flags_override_the_protocol():

@@ -20,6 +20,8 @@ from uebench.references import (
     read_reference_file,
     resolve_source,
 )
+from uebench.registry import DEFENSES, METHODS
+from uebench.spec import parse_spec
 
 PAPER = (
     Path(__file__).resolve().parents[2] / "shared" / "papers" / "unlearnable-examples-huang2021.txt"
@@ -32,7 +34,7 @@ def by_id(source):
 
 
 def test_shipped_sources_load():
-    assert {"huang2021", "apbench", "uebench-mini"} <= set(available_sources())
+    assert {"huang2021", "apbench", "iss2023", "uebench-mini"} <= set(available_sources())
     huang = by_id("huang2021")
     assert len(huang) == 110
     assert all(r.where and r.marks == ("slow", "gpu") for r in huang.values())
@@ -60,6 +62,50 @@ def test_shipped_sources_load():
         "grayscale": 92.03,
         "advtrain": 82.51,
     }
+
+
+#: The method and countermeasure names of issue 12's spec, the names reference rows of the
+#: field's sources (ISS, APBench) may use.
+SPEC_METHODS = {"clean", "emin", "rem", "tap", "ops", "ar", "lsp", "cuda", "emax", "random"}
+SPEC_DEFENSES = {"none", "grayscale", "jpeg", "bdr", "blur", "advtrain", "cutout", "cutmix"}
+SPEC_DEFENSES |= {"mixup", "ueraser", "orthoproj"}
+
+
+def test_iss2023_is_the_readme_table_with_tolerances_that_can_fail():
+    iss = by_id("iss2023")
+    assert len(iss) == 21  # 7 rows (clean and the 6 attacks uebench has) x 3 columns
+    for r in iss.values():
+        assert r.where.startswith("ISS README") and r.note and r.protocol and r.epochs == 60
+        assert (r.dataset, r.arch, r.marks) == ("cifar10", "resnet18", ("slow", "gpu"))
+    assert (iss["tap-none"].value, iss["ar-jpeg10"].value, iss["ops-gray"].value) == (
+        8.17,
+        85.15,
+        42.44,
+    )
+    assert iss["em-jpeg10"].defense == "jpeg:quality=10" and iss["em-jpeg10"].method == "emin"
+    # Where an attack works (reported below 60%), its accepted range must end below the clean
+    # model's accepted range under the same countermeasure: noise that does nothing fails.
+    clean = {r.defense: r for r in iss.values() if r.method == "clean"}
+    for r in iss.values():
+        if r.method != "clean" and r.value < 60:
+            floor = clean[r.defense].value - clean[r.defense].tolerance
+            assert r.value + r.tolerance < floor, r.name
+
+
+@pytest.mark.parametrize("source", ["iss2023", "apbench"])
+def test_field_sources_name_registered_methods_and_countermeasures(source):
+    """Every row names a method and countermeasure of the spec, installed as a plugin that
+    accepts the row's options (fails while the issue-12 plugins are not registered)."""
+    for reference in load_references(source):
+        method = parse_spec(reference.method).name
+        defenses = [parse_spec(part).name for part in reference.defense.split("+")]
+        assert method in SPEC_METHODS and set(defenses) <= SPEC_DEFENSES, reference.name
+        assert method in METHODS.names(), f"{reference.name}: method {method!r} not registered"
+        for name in defenses:
+            assert name in DEFENSES.names(), f"{reference.name}: {name!r} not registered"
+        METHODS.resolve(reference.method)
+        for part in reference.defense.split("+"):
+            DEFENSES.resolve(part)
 
 
 def test_mini_references_carry_their_command_and_run_in_ci():

@@ -122,7 +122,7 @@ def test_config_file_and_flags_override(tmp_path, capsys):
 @pytest.mark.parametrize(
     ("argv", "fragment"),
     [
-        (["run", "--methods", "emni"], "unknown method 'emni'; valid: clean"),
+        (["run", "--methods", "emni"], "unknown method 'emni'; valid: ar, clean"),
         (["run", "--defenses", "cutmixx"], "'cutmixx'; valid: advtrain, autoaugment"),
         (["run", "--archs", "resnet18:depth=3"], "has no option 'depth'; valid: width, stem"),
         (["run", "--dataset", "cifar10", "--data-root", "/nonexistent"], "--data-root"),

@@ -20,8 +20,12 @@ import pytest
 
 from uebench.grid import GridConfig, run_grid
 
+# The layout before the glyph split and the digits' new contrast: the default run's end-to-end
+# check is tests/test_headline.py, on today's default; these run with ``pytest -m slow``.
+pytestmark = pytest.mark.slow
+
 CHANCE = 10.0
-DATASET = "cluttered-digits:split=image:contrast=0.2"
+DATASET = "cluttered-digits:split=image:contrast=0.2:digit_size=8:clutter=0.3"
 ARCH = "resnet18:width=16"
 EMIN_SAMPLE = f"emin:augment=true:steps=5:stop_error=0.1:max_rounds=20:source=[{ARCH}]"
 EMIN_CLASS = f"emin:form=class:augment=true:source=[{ARCH}]"

@@ -3,6 +3,7 @@
 Every hook is a no-op by default, so a plugin overrides only what it changes:
 
 * :meth:`Countermeasure.prepare` — dataset level, before training (partial poisoning, JPEG, ...).
+* :meth:`Countermeasure.on_epoch_start` — told the epoch before each one (schedules, e.g. UEraser).
 * :meth:`Countermeasure.augment` — batch level, float images on the device (cutout, mixup, ...).
 * :meth:`Countermeasure.perturb` — training-step level, with the model (adversarial training).
 * :meth:`Countermeasure.select` — which epoch is reported (early stopping).
@@ -67,6 +68,13 @@ class Countermeasure:
         """Transform the training set once, before training."""
         return train
 
+    def on_epoch_start(self, epoch: int, epochs: int) -> None:
+        """Called by the trainer before epoch ``epoch`` (1-based) of ``epochs``; a no-op here.
+
+        For countermeasures whose batch or step hooks change over training (UEraser's
+        adversarial phase); the hooks themselves stay free of epoch bookkeeping.
+        """
+
     def augment(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Transform a float batch in [0, 1]; ``y`` may become soft labels (N×K probabilities)."""
         return x, y
@@ -108,6 +116,10 @@ class Composed(Countermeasure):
         for part in self.parts:
             train = part.prepare(train, generator)
         return train
+
+    def on_epoch_start(self, epoch: int, epochs: int) -> None:
+        for part in self.parts:  # every part: a schedule is not a hook one part owns
+            part.on_epoch_start(epoch, epochs)
 
     def augment(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         for part in self.parts:

@@ -186,27 +186,32 @@ def minimize_error(
     alpha: float,
     steps: int,
     weight_noise: WeightNoise | None = None,
+    loss_of: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Error-minimizing PGD (Eq. 3): ``steps`` sign-gradient *descent* steps on δ from ``delta``.
 
     Written here rather than taken from torchattacks: its PGD projects onto the ε-ball around
     the input it is given, so resuming from an existing δ would let x+δ drift 2ε from x.
     With ``weight_noise`` each step follows the sign of the input gradient summed over its
-    weight-perturbation draws.  Returns δ with ‖δ‖∞ ≤ ε and x+δ in [0, 1].
+    weight-perturbation draws.  ``loss_of(x + δ, y)``, when given, is the loss descended instead
+    of ``model``'s cross-entropy at x+δ (robust error-minimizing noise descends the loss of
+    augmented, adversarially perturbed views).  Returns δ with ‖δ‖∞ ≤ ε and x+δ in [0, 1].
     """
+    if loss_of is None:
+        loss_of = lambda inputs, labels: F.cross_entropy(model(inputs).float(), labels)  # noqa: E731
     delta = delta.detach().clone()
     for _ in range(steps):
         delta.requires_grad_(True)
         if weight_noise is None:
             with autocast(x.device):
-                loss = F.cross_entropy(model(x + delta).float(), y)
+                loss = loss_of(x + delta, y)
             (grad,) = torch.autograd.grad(loss, delta)
         else:
             grad = torch.zeros_like(delta)
             for sigma, weight in weight_noise.samples():
                 with perturbed_weights(model, sigma, weight_noise.generator):
                     with autocast(x.device):
-                        loss = F.cross_entropy(model(x + delta).float(), y)
+                        loss = loss_of(x + delta, y)
                     grad += weight * torch.autograd.grad(loss, delta)[0]
         delta = (delta.detach() - alpha * grad.sign()).clamp_(-eps, eps)
         delta = (x + delta).clamp_(0, 1) - x

@@ -40,15 +40,38 @@ class ImageData:
                     f"dataset {self.name!r}: {len(x)} {split} images but labels of shape "
                     f"{tuple(y.shape)}"
                 )
-            if len(y) and (int(y.min()) < 0 or int(y.max()) >= len(self.classes)):
+            if not len(y):
+                which = "training" if split == "train" else split
+                raise UebenchError(f"dataset {self.name!r} has no {which} images")
+            outside = y[(y < 0) | (y >= len(self.classes))]
+            if len(outside):
                 raise UebenchError(
-                    f"dataset {self.name!r}: {split} labels outside 0..{len(self.classes) - 1}"
+                    f"dataset {self.name!r}: {split} labels outside 0..{len(self.classes) - 1} "
+                    f"(the {len(self.classes)} classes): {_preview(outside.unique().tolist())}"
                 )
         if self.x_train.shape[1:] != self.x_test.shape[1:]:
             raise UebenchError(
                 f"dataset {self.name!r}: train images {tuple(self.x_train.shape[1:])} and test "
                 f"images {tuple(self.x_test.shape[1:])} differ in shape"
             )
+        missing = self.classes_without_training_images()
+        if missing:
+            raise UebenchError(
+                f"dataset {self.name!r}: no training images of class(es) "
+                f"{self._class_preview(missing)} ({len(missing)} of {self.num_classes}); every "
+                "class needs some"
+            )
+
+    def classes_without_training_images(self) -> list[int]:
+        """The labels in 0..K-1 that no training image has (a poison and a victim need all)."""
+        counts = torch.bincount(self.y_train, minlength=self.num_classes)
+        return torch.nonzero(counts == 0).flatten().tolist()
+
+    def _class_preview(self, labels: list[int]) -> str:
+        names = [
+            str(k) if self.classes[k] == str(k) else f"{k} ({self.classes[k]})" for k in labels
+        ]
+        return _preview(names)
 
     @property
     def num_classes(self) -> int:
@@ -76,6 +99,13 @@ class ImageData:
         if train_size is not None:
             keep = stratified_indices(y_train, train_size, seed)
             x_train, y_train = x_train[keep], y_train[keep]
+            dropped = sorted(set(range(self.num_classes)) - set(y_train.unique().tolist()))
+            if dropped:
+                raise UebenchError(
+                    f"dataset {self.name!r}: a training subset of {train_size} images leaves "
+                    f"{len(dropped)} of its {self.num_classes} classes without any "
+                    f"({self._class_preview(dropped)}); use a larger train_size"
+                )
         if test_size is not None:
             keep = stratified_indices(y_test, test_size, seed + 1)
             x_test, y_test = x_test[keep], y_test[keep]
@@ -109,8 +139,17 @@ def from_numpy_nhwc(
 
     y_tr, y_te = labels(y_train), labels(y_test)
     if classes is None:
-        count = int(max(y_tr.max(), y_te.max())) + 1 if len(y_tr) else 0
+        # K comes from the training labels alone: a stray test label is then out of range
+        # rather than a new class, and ImageData says so.
+        count = int(y_tr.max()) + 1 if len(y_tr) else 0
         classes = tuple(str(i) for i in range(count))
+        missing = sorted(set(range(count)) - set(y_tr.unique().tolist()))
+        if missing:
+            raise UebenchError(
+                f"dataset {name!r}: no training images of class(es) {_preview(missing)} "
+                f"({len(missing)} of {count}); labels must run 0..K-1 with every class in "
+                f"training, and without a classes list K is the largest training label + 1"
+            )
     return ImageData(
         name,
         images(x_train, "train"),
@@ -119,6 +158,14 @@ def from_numpy_nhwc(
         y_te,
         tuple(classes),
     )
+
+
+def _preview(items: list, limit: int = 8) -> str:
+    """``a, b, c`` or ``a, b, ..., z``: a list short enough for one line."""
+    shown = [str(item) for item in items]
+    if len(shown) <= limit:
+        return ", ".join(shown)
+    return f"{', '.join(shown[: limit - 1])}, ..., {shown[-1]}"
 
 
 def stratified_indices(labels: torch.Tensor, size: int, seed: int) -> torch.Tensor:

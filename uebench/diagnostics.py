@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from uebench.data import add_noise_uint8
 from uebench.poison import Poison
 from uebench.training import predict
 
@@ -52,6 +51,6 @@ def backdoor_success_rate(
     picks = torch.multinomial(allowed[usable], 1, generator=generator).flatten()
     targets = choices[usable].gather(1, picks.view(-1, 1)).flatten()
     x = x_test[usable]
-    triggered = add_noise_uint8(x, poison.delta[targets], poison.eps)
+    triggered = poison.add(x, poison.delta[targets])
     predicted = predict(model, triggered, device, batch_size)
     return 100.0 * float((predicted == targets).float().mean())

@@ -4,6 +4,12 @@ One row per dataset × method × countermeasure × architecture (and training pr
 mean, standard deviation and count over seeds of one accuracy column, ranked so that the most
 effective method (lowest clean test accuracy) comes first; plus the wide method × countermeasure
 pivot and both as Markdown.
+
+A setting (dataset × arch × protocol × countermeasure) whose ``clean`` row stayed near chance
+(:func:`near_chance`) says nothing about the noise: every method's accuracy there is near chance
+too.  Such a setting is flagged (``baseline_ok`` False), gets no ranks, and is left out of the
+pivot's score; the summary at the end of a run, the report and ``uebench compare`` use the same
+test.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import pandas as pd
 from uebench.errors import UebenchError
 from uebench.poison import atomic_write
 from uebench.spec import parse_spec
+from uebench.threat import ThreatModel
 
 #: The accuracy columns every record has; ``final_acc`` is the default.
 ACCURACY_METRICS = ("final_acc", "selected_acc", "best_acc", "trained_acc")
@@ -30,6 +37,46 @@ RANK_BY = ("mean", "worst")
 _REQUIRED_TEXT = ("dataset", "method", "defense", "arch")
 _KINDS = ("dataset", "method", "defense", "arch")
 _SETTING = ["dataset", "arch", "epochs", "train_size", "test_size"]
+#: The keys of one setting: the cells a method's numbers are compared within.
+SETTING_KEYS = ["_key_dataset", "_key_arch", "_key_protocol", "_key_defense"]
+
+#: A clean row must clear chance by this share of the headroom above it (100% − chance) before
+#: its setting can show what noise does: 28% with 10 classes, 60% with 2, 20.8% with 100.
+#: Effective noise holds a victim 5-15 points above chance (19.9% for sample-wise
+#: error-minimizing noise on CIFAR-10, Huang et al. 2021), so a clean row below this leaves no
+#: room between "the noise works" and "nothing learned at all".
+NEAR_CHANCE_SHARE = 0.2
+#: What a near-chance setting gets instead of a verdict in ``uebench compare``.
+NEAR_CHANCE_STATUS = "baseline near chance"
+
+
+# --- the clean baseline ------------------------------------------------------------------------
+
+
+def chance_level(num_classes: float | None) -> float | None:
+    """Accuracy of guessing, 100/K percent (None when K is unknown)."""
+    if num_classes is None or num_classes != num_classes or num_classes < 1:
+        return None
+    return 100.0 / float(num_classes)
+
+
+def near_chance(clean_acc: float | None, num_classes: float | None) -> bool | None:
+    """Whether clean training reaching ``clean_acc`` (%) has learned too little to judge noise
+    by: below chance + :data:`NEAR_CHANCE_SHARE` of the headroom.  None when either is unknown.
+    """
+    chance = chance_level(num_classes)
+    if chance is None or clean_acc is None or clean_acc != clean_acc:
+        return None
+    return bool(clean_acc < chance + NEAR_CHANCE_SHARE * (100.0 - chance))
+
+
+def near_chance_warning(clean_acc: float, num_classes: float, where: str) -> str:
+    """One line saying a setting's clean row is near chance (used wherever one is flagged)."""
+    chance = chance_level(num_classes)
+    return (
+        f"clean training reached only {clean_acc:.1f}% under {where} (chance {chance:.1f}%): "
+        "that setting cannot show what the noise does"
+    )
 
 
 # --- reading records ---------------------------------------------------------------------------
@@ -125,18 +172,16 @@ def spec_key(kind: str, spec: str) -> str:
 
 
 def _canonical(kind: str, spec: str) -> Any:
-    from uebench.registry import ARCHS, DATASETS, DEFENSES
+    """The identity a cell records for ``spec`` (``config.identity``), the plugin's code
+    included for outside plugins (:func:`uebench.cache.plugin_identity`)."""
+    from uebench.cache import defense_identity, method_identity, plugin_identity
 
     if kind == "method":
-        from uebench.cache import method_identity
-
         return method_identity(spec)
     if kind == "defense":
-        return [DEFENSES.resolve(part).canonical() for part in spec.split("+")]
-    if kind == "arch":
-        return ARCHS.resolve(spec).canonical()
-    if kind == "dataset":
-        return DATASETS.resolve(spec).canonical()
+        return defense_identity(spec)
+    if kind in ("arch", "dataset"):
+        return plugin_identity(f"{kind}s", spec)
     raise ValueError(f"unknown spec kind {kind!r}")
 
 
@@ -178,6 +223,9 @@ def cells_frame(records: Sequence[dict[str, Any]]) -> pd.DataFrame:
         }
         for key in ("epochs", "train_size", "test_size"):
             row[key] = record.get(key)
+        row["num_classes"] = _num_classes(record)
+        row["threat"] = _threat(record)
+        row["_clean"] = _is_clean(record)
         for key in ACCURACY_METRICS:
             row[key] = metric_value(record, key)
         for key, value in (record.get("countermeasure_notes") or {}).items():
@@ -189,10 +237,62 @@ def cells_frame(records: Sequence[dict[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _threat(record: dict[str, Any]) -> str | None:
+    """The poison's threat model as a record states it (``L∞ ≤ 8/255``); records written
+    before threat models existed give their ε."""
+    poison = record.get("poison") or {}
+    if poison.get("threat"):
+        return str(poison["threat"])
+    eps = poison.get("eps")
+    return ThreatModel.linf(float(eps)).describe() if _is_number(eps) else None
+
+
+def _num_classes(record: dict[str, Any]) -> int | None:
+    value = record.get("num_classes")
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    classes = record.get("classes")
+    return len(classes) if isinstance(classes, list) and classes else None
+
+
+def _is_clean(record: dict[str, Any]) -> bool:
+    """Whether a record is the no-noise baseline (method ``clean``, any options)."""
+    try:
+        return parse_spec(str(record.get("method_spec") or record["method"])).name == "clean"
+    except UebenchError:
+        return False
+
+
+def baselines(cells: pd.DataFrame, metric: str = "final_acc") -> pd.DataFrame:
+    """Per setting (:data:`SETTING_KEYS`) with a ``clean`` row: its mean accuracy over seeds
+    (``baseline``, in ``metric``, else ``final_acc``), ``num_classes``, ``chance`` and
+    ``near_chance`` (True, False, or None where the class count is unknown)."""
+    columns = [*SETTING_KEYS, "baseline", "num_classes", "chance", "near_chance"]
+    if cells.empty or "_clean" not in cells.columns or not cells["_clean"].any():
+        return pd.DataFrame(columns=columns)
+    clean = cells[cells["_clean"]].copy()
+    value = clean[metric] if metric in clean.columns else pd.Series(float("nan"), clean.index)
+    clean["_baseline"] = value.fillna(clean["final_acc"])
+    grouped = (
+        clean.groupby(SETTING_KEYS, sort=False, dropna=False)
+        .agg(baseline=("_baseline", "mean"), num_classes=("num_classes", "max"))
+        .reset_index()
+    )
+    grouped["chance"] = grouped["num_classes"].map(chance_level)
+    grouped["near_chance"] = [
+        near_chance(b, k) for b, k in zip(grouped["baseline"], grouped["num_classes"], strict=True)
+    ]
+    return grouped[columns]
+
+
 def aggregate(cells: pd.DataFrame, metric: str = "final_acc") -> pd.DataFrame:
     """Mean, std (sample, n-1) and count over seeds per dataset × method × countermeasure × arch
     and protocol, with ``rank`` 1 for the most effective method in each dataset × arch ×
-    countermeasure group; rows sorted by that group, then by accuracy (lowest first)."""
+    countermeasure group; rows sorted by that group, then by accuracy (lowest first).
+
+    ``baseline_ok`` is False for a group whose clean row is near chance (:func:`near_chance`;
+    those rows get no rank), True when it is not, empty when the group has no clean row or the
+    class count is unknown."""
     if metric not in cells.columns or cells[metric].isna().all():
         known = [c for c in cells.columns if not c.startswith("_") and _numeric(cells[c])]
         raise UebenchError(
@@ -206,6 +306,7 @@ def aggregate(cells: pd.DataFrame, metric: str = "final_acc") -> pd.DataFrame:
         arch=("arch", "first"),
         defense=("defense", "first"),
         method=("method", "first"),
+        threat=("threat", "first"),
         epochs=("epochs", "first"),
         train_size=("train_size", "first"),
         test_size=("test_size", "first"),
@@ -217,8 +318,15 @@ def aggregate(cells: pd.DataFrame, metric: str = "final_acc") -> pd.DataFrame:
         seeds=("seed", lambda s: ",".join(str(v) for v in sorted(set(s)))),
     ).reset_index()
     board["metric"] = metric
-    setting = ["_key_dataset", "_key_arch", "_key_protocol", "_key_defense"]
-    board["rank"] = board.groupby(setting)["mean"].rank(method="min").astype(int)
+    base = baselines(cells, metric)
+    board = board.merge(base, on=SETTING_KEYS, how="left")
+    verdicts = [_truth(v) for v in board["near_chance"]]
+    near = pd.Series([v is True for v in verdicts], index=board.index)
+    board["baseline_ok"] = pd.array([None if v is None else not v for v in verdicts], "boolean")
+    board["_baseline"] = board["baseline"]
+    board["_num_classes"] = board["num_classes"]
+    rank = board.groupby(SETTING_KEYS)["mean"].rank(method="min").astype("Int64")
+    board["rank"] = rank.mask(near, pd.NA)
     if board["_key_protocol"].nunique() > 1:
         codes = {key: i + 1 for i, key in enumerate(dict.fromkeys(board["_key_protocol"]))}
         board["protocol"] = board["_key_protocol"].map(
@@ -235,7 +343,9 @@ def aggregate(cells: pd.DataFrame, metric: str = "final_acc") -> pd.DataFrame:
         "arch",
         "defense",
         "method",
+        "threat",
         "rank",
+        "baseline_ok",
         "metric",
         "mean",
         "std",
@@ -249,7 +359,15 @@ def aggregate(cells: pd.DataFrame, metric: str = "final_acc") -> pd.DataFrame:
     ]
     if "protocol" in board.columns:
         columns.append("protocol")
-    return board[columns + [k for k in board.columns if k.startswith("_key_")]]
+    hidden = [k for k in board.columns if k.startswith("_key_")] + ["_baseline", "_num_classes"]
+    return board[columns + hidden]
+
+
+def _truth(value: Any) -> bool | None:
+    """A True/False/None cell of a pandas column (NaN and NA read as None)."""
+    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return bool(value)
 
 
 def _numeric(column: pd.Series) -> bool:
@@ -275,7 +393,10 @@ def _setting_columns(board: pd.DataFrame) -> list[str]:
 def pivot(board: pd.DataFrame, rank_by: str = "mean", values: str = "mean") -> pd.DataFrame:
     """Wide table: one row per setting × method, one column per countermeasure, plus ``score``
     (the method's mean over countermeasures, or its worst case with ``rank_by='worst'``); methods
-    sorted by score, most effective first."""
+    sorted by score, most effective first.
+
+    Countermeasures under which the setting's clean row is near chance are left out of the
+    score and named in a ``baseline_near_chance`` column (present only when there are any)."""
     if rank_by not in RANK_BY:
         raise UebenchError(f"rank_by must be one of {', '.join(RANK_BY)}, got {rank_by!r}")
     index = [*_setting_columns(board), "method"]
@@ -285,10 +406,44 @@ def pivot(board: pd.DataFrame, rank_by: str = "mean", values: str = "mean") -> p
     )
     wide = wide.reindex(columns=defenses)
     wide.columns.name = None
-    means = board.groupby(index, sort=False, dropna=False)["mean"]
+    flagged = _flagged(board)
+    scored = board.assign(mean=board["mean"].mask(flagged))
+    means = scored.groupby(index, sort=False, dropna=False)["mean"]
     wide = wide.join((means.mean() if rank_by == "mean" else means.max()).rename("score"))
+    if flagged.any():
+        names = board[flagged].groupby(index[:-1], sort=False, dropna=False)["defense"]
+        near = names.agg(lambda d: ",".join(dict.fromkeys(d))).rename("baseline_near_chance")
+        wide = wide.join(near, on=index[:-1])
+        wide["baseline_near_chance"] = wide["baseline_near_chance"].fillna("")
     wide = wide.reset_index()
+    if "threat" in board.columns and board["threat"].notna().any():  # each method's budget
+        threats = board.groupby(index, sort=False, dropna=False)["threat"].first()
+        keys = pd.MultiIndex.from_frame(wide[index])
+        wide.insert(len(index), "threat", threats.reindex(keys).to_numpy())
     return wide.sort_values([*index[:-1], "score", "method"], kind="stable").reset_index(drop=True)
+
+
+def _flagged(board: pd.DataFrame) -> pd.Series:
+    """Rows of a board whose setting's clean row is near chance."""
+    if "baseline_ok" not in board.columns:
+        return pd.Series(False, index=board.index)
+    return board["baseline_ok"].eq(False).fillna(False).astype(bool)
+
+
+#: Marks a pivot cell whose countermeasure's clean row is near chance.
+NEAR_CHANCE_MARK = "†"
+
+
+def near_chance_notes(board: pd.DataFrame) -> list[str]:
+    """One warning line per flagged setting of a board (empty when none is flagged)."""
+    flagged = board[_flagged(board)]
+    settings = flagged.drop_duplicates(subset=SETTING_KEYS)
+    notes = []
+    for row in settings.to_dict("records"):
+        where = f"{row['defense']} on {row['dataset']} / {row['arch']}"
+        warning = near_chance_warning(row["_baseline"], row["_num_classes"], where)
+        notes.append(f"{NEAR_CHANCE_MARK} {warning}; it is not ranked nor scored")
+    return notes
 
 
 # --- Markdown and files ------------------------------------------------------------------------
@@ -306,7 +461,7 @@ def markdown_table(frame: pd.DataFrame, floatfmt: str = ".2f") -> str:
     """A GitHub-flavoured Markdown table (pandas' own needs the optional ``tabulate``)."""
 
     def cell(value: Any) -> str:
-        if value is None or (isinstance(value, float) and math.isnan(value)):
+        if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
             return ""
         if isinstance(value, float):
             return format(value, floatfmt)
@@ -327,15 +482,16 @@ def public_columns(board: pd.DataFrame) -> pd.DataFrame:
 def text_pivot(board: pd.DataFrame, rank_by: str = "mean") -> pd.DataFrame:
     """The pivot with ``mean ± std`` text cells (``n`` shown where seed counts differ)."""
     show_n = board["n"].nunique() > 1
+    marks = _flagged(board).map({True: f" {NEAR_CHANCE_MARK}", False: ""})
     text_board = board.assign(
         cell=[
-            format_mean_std(m, s, n, show_n)
-            for m, s, n in zip(board["mean"], board["std"], board["n"], strict=True)
+            format_mean_std(m, s, n, show_n) + mark
+            for m, s, n, mark in zip(board["mean"], board["std"], board["n"], marks, strict=True)
         ]
     )
     wide = pivot(text_board, rank_by=rank_by, values="cell")
-    wide["score"] = wide["score"].map(lambda v: f"{v:.2f}")
-    return wide
+    wide["score"] = wide["score"].map(lambda v: "" if v != v else f"{v:.2f}")
+    return wide.drop(columns=["baseline_near_chance"], errors="ignore")
 
 
 def board_markdown(board: pd.DataFrame, rank_by: str = "mean") -> str:
@@ -346,11 +502,14 @@ def board_markdown(board: pd.DataFrame, rank_by: str = "mean") -> str:
     seeds = f"n = {counts.pop()} seeds per cell" if len(counts) == 1 else "n = seeds per cell"
     score = "mean over countermeasures" if rank_by == "mean" else "worst case (highest accuracy)"
     long = public_columns(board).drop(columns=["metric"])
+    notes = near_chance_notes(board)
     return "\n\n".join(
         [
             f"## Clean test accuracy (%), `{metric}`: mean ± std over seeds",
-            f"Most effective method first; {seeds}; score = {score}.",
+            f"Most effective method first; {seeds}; score = {score}"
+            + (f" ({NEAR_CHANCE_MARK} cells left out)." if notes else "."),
             markdown_table(wide),
+            *(["\n".join(f"- {note}" for note in notes)] if notes else []),
             "## All cells",
             markdown_table(long),
         ]

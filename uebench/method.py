@@ -20,6 +20,7 @@ from uebench.cache import PoisonCache
 from uebench.data import ImageData
 from uebench.errors import UebenchError
 from uebench.poison import Poison
+from uebench.threat import ThreatModel
 from uebench.training import TrainConfig
 
 T = TypeVar("T")
@@ -43,7 +44,9 @@ class CraftContext:
         from uebench.cache import poison_key
         from uebench.registry import METHODS
 
-        build = lambda: METHODS.resolve(method).without_common().build().craft(data, self)  # noqa: E731
+        build = lambda: craft_within_threat(  # noqa: E731
+            METHODS.resolve(method).without_common().build(), data, self, method
+        )
         if self.cache is None:
             return build()
         key = poison_key(method, data.fingerprint(), self.train_config.as_dict())
@@ -76,8 +79,35 @@ class Method:
     def craft(self, data: ImageData, ctx: CraftContext) -> Poison:
         raise NotImplementedError
 
+    def threat_model(self) -> ThreatModel | None:
+        """The budget every poison this method crafts keeps to; the harness checks it.
+
+        The default is an L∞ budget at the method's ``eps`` option; a method with another norm
+        (L2, L0, unbounded) overrides this.  None means undeclared: the poison's own budget is
+        then all that is checked.
+        """
+        eps = getattr(self, "eps", None)
+        return ThreatModel.linf(eps) if isinstance(eps, (int, float)) else None
+
     def options(self) -> dict[str, Any]:
         return dict(vars(self))
+
+
+def craft_within_threat(method: Method, data: ImageData, ctx: CraftContext, spec: str) -> Poison:
+    """``method.craft(data, ctx)``, refused when the poison leaves the declared threat model.
+
+    A poison always satisfies the budget it carries (:class:`~uebench.poison.Poison` checks
+    every row); this checks that the budget it carries is no larger than the one its method
+    declares, so a method cannot claim L∞ 8/255 and hand back L∞ 16/255 or an L2 poison.
+    """
+    poison = method.craft(data, ctx)
+    declared = method.threat_model()
+    if declared is not None and not declared.allows(poison.threat):  # type: ignore[arg-type]
+        raise UebenchError(
+            f"method {spec!r} declares {declared.describe()} but crafted a poison of "
+            f"{poison.threat.describe()}"  # type: ignore[union-attr]
+        )
+    return poison
 
 
 def check_eps(eps: float) -> float:

@@ -4,7 +4,8 @@ A poison is a bank of noise rows ``delta`` (R × C × H × W, float, [0, 1] unit
 training image, the row it receives (``rows``; -1 leaves the image clean).  Sample-wise noise has
 one row per image, class-wise noise one row per class (``rows = y``).  That one shape covers
 single unlearnable classes (rows of other classes are -1) and per-sample mixtures of several
-class-wise sets (rows drawn from a larger bank).
+class-wise sets (rows drawn from a larger bank).  Every poison keeps to a threat model
+(:mod:`uebench.threat`: an L∞, L2 or L0 budget, or unbounded), checked on every row.
 
 A poison may also keep its :class:`Surrogate`, the source model it was crafted against, so that
 ``uebench certify`` can measure that model; it is saved in the same file and verified on load.
@@ -23,8 +24,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from uebench.data import add_noise_uint8
 from uebench.errors import UebenchError
+from uebench.liveness import writer_tag
+from uebench.threat import ThreatModel
 
 
 class _SurrogateMismatch(Exception):
@@ -101,32 +103,48 @@ class Surrogate:
 
 @dataclass
 class Poison:
-    """Noise rows, the row each training image gets, the ε bound and what made it.
+    """Noise rows, the row each training image gets, the threat model it keeps to, what made it.
 
-    ``surrogate`` (optional) is the source model the noise was crafted against; it is not part
-    of :meth:`content_hash`, which identifies the noise a record cites.
+    ``threat`` is a :class:`~uebench.threat.ThreatModel`, or a float for the common case, an L∞
+    ε.  Every row of ``delta`` is checked against it here, so no poison outside its budget can
+    exist.  ``surrogate`` (optional) is the source model the noise was crafted against; it is
+    not part of :meth:`content_hash`, which identifies the noise a record cites.
     """
 
     delta: torch.Tensor
     rows: torch.Tensor
-    eps: float
+    threat: ThreatModel | float
     meta: dict[str, Any] = field(default_factory=dict)
     surrogate: Surrogate | None = None
 
     def __post_init__(self) -> None:
         self.delta = self.delta.detach().float().cpu().contiguous()
         self.rows = self.rows.detach().long().cpu().contiguous()
+        if not isinstance(self.threat, ThreatModel):
+            self.threat = ThreatModel.linf(float(self.threat))
         if self.delta.dim() != 4:
             raise UebenchError(f"poison delta must be R×C×H×W, got {tuple(self.delta.shape)}")
         if len(self.rows) and int(self.rows.max()) >= len(self.delta):
             raise UebenchError("poison rows point past the end of its noise bank")
-        peak = float(self.delta.abs().max()) if self.delta.numel() else 0.0
-        if peak > self.eps + 1e-6:
-            raise UebenchError(f"poison noise reaches {peak:.5f}, beyond ε={self.eps:.5f}")
+        if not bool(torch.isfinite(self.delta).all()):
+            raise UebenchError("poison noise holds NaN or infinite values")
+        problem = self.threat.violation(self.delta)
+        if problem is not None:
+            raise UebenchError(f"poison {problem}")
+
+    @property
+    def eps(self) -> float | None:
+        """The L∞ budget ε (None under other threat models)."""
+        threat: ThreatModel = self.threat  # type: ignore[assignment]
+        return threat.budget if threat.norm == "linf" else None
 
     @property
     def form(self) -> str:
         return str(self.meta.get("form", "sample"))
+
+    def add(self, x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        """uint8 images ``x`` plus noise rows ``delta``, rounded within the threat model."""
+        return self.threat.apply(x, delta)  # type: ignore[union-attr]
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:
         """The poisoned copy of the training images ``x`` (uint8 N×C×H×W, in dataset order)."""
@@ -145,15 +163,18 @@ class Poison:
         out = x.clone()
         hit = torch.nonzero(self.rows >= 0).flatten()
         if len(hit):
-            out[hit] = add_noise_uint8(x[hit], self.delta[self.rows[hit]], self.eps)
+            out[hit] = self.add(x[hit], self.delta[self.rows[hit]])
         return out
 
     def content_hash(self) -> str:
-        """sha256 of the noise, the assignment, ε and the metadata: what the record cites."""
+        """sha256 of the noise, the assignment, the budget and the metadata: what a record cites."""
         digest = hashlib.sha256()
         digest.update(self.delta.numpy().tobytes())
         digest.update(self.rows.numpy().tobytes())
-        digest.update(json.dumps({"eps": self.eps, "meta": self.meta}, sort_keys=True).encode())
+        threat: ThreatModel = self.threat  # type: ignore[assignment]
+        # L∞ poisons hash as they did before threat models existed, so their hashes hold.
+        budget = {"eps": self.eps} if threat.norm == "linf" else {"threat": threat.as_dict()}
+        digest.update(json.dumps({**budget, "meta": self.meta}, sort_keys=True).encode())
         return digest.hexdigest()
 
     def save(self, path: str | Path) -> None:
@@ -161,7 +182,8 @@ class Poison:
         payload = {
             "delta": self.delta,
             "rows": self.rows,
-            "eps": float(self.eps),
+            "threat_json": json.dumps(self.threat.as_dict()),  # type: ignore[union-attr]
+            "eps": float(self.eps or 0.0),  # what readers older than threat models look for
             "meta_json": json.dumps(self.meta, sort_keys=True),
             "sha256": self.content_hash(),
         }
@@ -170,15 +192,25 @@ class Poison:
         atomic_write(Path(path), lambda handle: torch.save(payload, handle))
 
     @classmethod
-    def load(cls, path: str | Path) -> Poison:
-        """Read and verify a saved poison; tampered or truncated files raise one clear line."""
+    def load(cls, path: str | Path, *, cache_entry: bool = False) -> Poison:
+        """Read and verify a saved poison; tampered or truncated files raise one clear line.
+
+        ``cache_entry``: the file is a poison-cache entry, so the error may advise deleting it
+        (the cache recrafts it); any other file may be the user's only copy.
+        """
         path = Path(path)
+        advice = "; delete it to recompute" if cache_entry else ""
         try:
             payload = torch.load(path, map_location="cpu", weights_only=True)
+            threat = (
+                ThreatModel.from_dict(json.loads(payload["threat_json"]))
+                if "threat_json" in payload
+                else ThreatModel.linf(float(payload["eps"]))  # saved before threat models
+            )
             poison = cls(
                 delta=payload["delta"],
                 rows=payload["rows"],
-                eps=float(payload["eps"]),
+                threat=threat,
                 meta=json.loads(payload["meta_json"]),
             )
             expected = payload["sha256"]
@@ -188,23 +220,28 @@ class Poison:
             raise UebenchError(f"poison file {path} does not exist") from None
         except _SurrogateMismatch:
             raise UebenchError(
-                f"poison file {path} is corrupt (surrogate hash mismatch); delete it to recompute"
+                f"poison file {path} is corrupt (surrogate hash mismatch){advice}"
             ) from None
         except Exception as error:
             raise UebenchError(
-                f"poison file {path} is corrupt ({type(error).__name__}); delete it to recompute"
+                f"poison file {path} is corrupt ({type(error).__name__}){advice}"
             ) from None
         if poison.content_hash() != expected:
-            raise UebenchError(
-                f"poison file {path} is corrupt (content hash mismatch); delete it to recompute"
-            )
+            raise UebenchError(f"poison file {path} is corrupt (content hash mismatch){advice}")
         return poison
 
 
 def atomic_write(path: Path, write: Any, mode: str = "wb") -> None:
-    """Write through a temporary file in the same folder and rename it into place."""
+    """Write through a temporary file in the same folder and rename it into place.
+
+    The temporary file, ``.NAME.<pid>@<host>.XXXXXXXX.tmp``, names its writer, so a folder's
+    owner can remove those of writers killed mid-write
+    (:func:`uebench.liveness.remove_stale_temporaries`).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    handle, temporary = tempfile.mkstemp(
+        dir=path.parent, prefix=f".{path.name}.{writer_tag()}.", suffix=".tmp"
+    )
     try:
         # mkstemp creates the file 0600; give it the mode a plain open() would (0666 & ~umask).
         umask = os.umask(0)

@@ -4,6 +4,10 @@ A source is one file (``leaderboard/references/NAME.csv``, ``.yaml``/``.yml`` or
 adding a paper is adding a file.  This module loads and validates those files, finds the measured
 cells a reference speaks about, and judges a measured number against the reference's tolerance.
 The format is documented in ``docs/leaderboard.md``.
+
+A noise method's number is not judged where the setting's clean row stayed near chance
+(:func:`uebench.leaderboard.near_chance`): there "as low as reported" is what any untrained
+victim scores, so it is neither a regression nor a win; its status says so instead.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import pandas as pd
 import tomllib
 
 from uebench.errors import UebenchError
-from uebench.leaderboard import spec_key
+from uebench.leaderboard import NEAR_CHANCE_STATUS, chance_level, near_chance, spec_key
 from uebench.spec import parse_spec
 
 SUFFIXES = (".csv", ".yaml", ".yml", ".toml")
@@ -331,12 +335,27 @@ def match_cells(reference: Reference, cells: pd.DataFrame) -> pd.DataFrame:
 
 @dataclass(frozen=True)
 class Verdict:
-    """A measured number (mean over ``n`` seeds) judged against a reference."""
+    """A measured number (mean over ``n`` seeds) judged against a reference.
+
+    ``baseline`` is the clean accuracy of the same setting (mean over seeds) and
+    ``num_classes`` its class count, when known; a noise method's number whose baseline is near
+    chance is not judged (``ok`` None, status ``baseline near chance``).
+    """
 
     reference: Reference
     measured: float | None
     std: float | None
     n: int
+    baseline: float | None = None
+    num_classes: int | None = None
+
+    @property
+    def baseline_near_chance(self) -> bool:
+        """True when the setting's clean row says nothing could be learned there (a reference
+        about ``clean`` itself is always judged: its number is the baseline)."""
+        if parse_spec(self.reference.method).name == "clean":
+            return False
+        return near_chance(self.baseline, self.num_classes) is True
 
     @property
     def diff(self) -> float | None:
@@ -345,8 +364,9 @@ class Verdict:
 
     @property
     def ok(self) -> bool | None:
-        """True within tolerance, False outside it, None when nothing was measured."""
-        if self.measured is None:
+        """True within tolerance, False outside it, None when nothing was measured or the
+        baseline is near chance."""
+        if self.measured is None or self.baseline_near_chance:
             return None
         ref, slack = self.reference, 1e-9  # slack: reported numbers carry 2 decimals
         if ref.relation == "max":
@@ -357,7 +377,9 @@ class Verdict:
 
     @property
     def status(self) -> str:
-        """``ok``, ``MISMATCH`` or ``not measured``."""
+        """``ok``, ``MISMATCH``, ``not measured`` or ``baseline near chance``."""
+        if self.measured is not None and self.baseline_near_chance:
+            return NEAR_CHANCE_STATUS
         return {True: "ok", False: "MISMATCH", None: "not measured"}[self.ok]
 
     def expected(self) -> str:
@@ -376,28 +398,72 @@ class Verdict:
         if self.measured is None:
             return f"{what}: not measured; reported {ref.value:.2f} in {ref.cited()}"
         spread = f" ± {self.std:.2f}" if self.std is not None and not math.isnan(self.std) else ""
+        if self.baseline_near_chance:
+            chance = chance_level(self.num_classes)
+            return (
+                f"{what}: measured {self.measured:.2f}{spread} (n={self.n}), not judged: clean "
+                f"training reached only {self.baseline:.2f} (chance {chance:.1f}) "
+                f"[{ref.cited()}]: {self.status}"
+            )
         return (
             f"{what}: measured {self.measured:.2f}{spread} (n={self.n}), expected "
             f"{self.expected()} [{ref.cited()}]: {self.status}"
         )
 
 
-def judge(reference: Reference, values: Iterable[float]) -> Verdict:
-    """Judge the mean of ``values`` (one per seed) against ``reference``."""
+def judge(
+    reference: Reference,
+    values: Iterable[float],
+    baseline: float | None = None,
+    num_classes: int | None = None,
+) -> Verdict:
+    """Judge the mean of ``values`` (one per seed) against ``reference``; ``baseline`` (the
+    setting's clean accuracy) and ``num_classes``, when given, withhold the verdict for a noise
+    method whose baseline is near chance."""
     numbers = [float(v) for v in values if v is not None and not math.isnan(float(v))]
     if not numbers:
-        return Verdict(reference, None, None, 0)
+        return Verdict(reference, None, None, 0, baseline, num_classes)
     series = pd.Series(numbers)
     std = float(series.std()) if len(numbers) > 1 else None
-    return Verdict(reference, float(series.mean()), std, len(numbers))
+    return Verdict(reference, float(series.mean()), std, len(numbers), baseline, num_classes)
+
+
+def baseline_of(
+    reference: Reference, cells: pd.DataFrame, matched: pd.DataFrame
+) -> tuple[float | None, int | None]:
+    """The clean accuracy (mean over seeds, in the reference's metric where the clean cells
+    have it, else ``final_acc``) and class count of the setting of ``matched``: the ``clean``
+    cells with the reference's dataset, countermeasure, arch, epochs and sizes, under the
+    protocols of the matched cells.  (None, None) when there is no such cell."""
+    if matched.empty or "_clean" not in cells.columns:
+        return None, None
+    keep = cells["_clean"].astype(bool) & cells["_key_protocol"].isin(matched["_key_protocol"])
+    for key, value in reference.keys().items():
+        if key != "_key_method":
+            keep &= cells[key] == value
+    for key in ("epochs", "train_size", "test_size"):
+        wanted = getattr(reference, key)
+        if wanted is not None:
+            keep &= cells[key] == wanted
+    clean = cells[keep]
+    if clean.empty:
+        return None, None
+    values = clean["final_acc"]
+    if reference.metric in clean.columns:
+        values = clean[reference.metric].fillna(values)
+    classes = pd.concat([clean["num_classes"], matched["num_classes"]]).dropna()
+    return float(values.mean()), int(classes.max()) if len(classes) else None
 
 
 def compare(references: Sequence[Reference], cells: pd.DataFrame) -> pd.DataFrame:
-    """Reported beside measured, one row per reference, with the difference and a status."""
+    """Reported beside measured, one row per reference, with the difference, the setting's
+    clean accuracy (``clean``) and a status (``baseline near chance`` where that is)."""
     rows = []
     for reference in references:
         matched = match_cells(reference, cells)
-        verdict = judge(reference, matched[reference.metric] if len(matched) else [])
+        baseline, num_classes = baseline_of(reference, cells, matched)
+        values = matched[reference.metric] if len(matched) else []
+        verdict = judge(reference, values, baseline, num_classes)
         rows.append(
             {
                 "reference": reference.name,
@@ -413,6 +479,7 @@ def compare(references: Sequence[Reference], cells: pd.DataFrame) -> pd.DataFram
                 "std": verdict.std,
                 "n": verdict.n,
                 "diff": verdict.diff,
+                "clean": baseline,
                 "status": verdict.status,
             }
         )

@@ -19,9 +19,11 @@ import pandas as pd
 from uebench import plots
 from uebench.errors import UebenchError
 from uebench.leaderboard import (
+    NEAR_CHANCE_STATUS,
     aggregate,
     cells_frame,
     markdown_table,
+    near_chance_notes,
     public_columns,
     read_records,
     text_pivot,
@@ -88,21 +90,30 @@ def _sections(
     metric = board["metric"].iloc[0]
     wide = text_pivot(board, rank_by)
     score = "mean over countermeasures" if rank_by == "mean" else "highest accuracy over them"
+    notes = near_chance_notes(board)
+    flagged = "".join(f" {note}." for note in notes)
     sections: list[tuple[str, str, pd.DataFrame | None]] = [
         ("Run", summary, None),
         (
             "Leaderboard",
             f"Clean test accuracy (%), {metric}, mean ± std over seeds; most effective method "
-            f"(lowest accuracy) first; score = {score}.",
+            f"(lowest accuracy) first; score = {score}.{flagged}",
             wide,
         ),
-        ("All cells", "One row per cell setting; rank 1 = most effective.", public_columns(board)),
+        (
+            "All cells",
+            "One row per cell setting; rank 1 = most effective; baseline_ok False: clean "
+            "training stayed near chance there, so those rows are not ranked.",
+            public_columns(board),
+        ),
     ]
     if comparison is not None:
         measured = comparison[comparison["status"] != "not measured"]
+        unjudged = int((measured["status"] == NEAR_CHANCE_STATUS).sum())
         note = (
             f"{len(measured)} of {len(comparison)} references measured in this run; "
-            f"{int((measured['status'] == 'MISMATCH').sum())} outside their tolerance."
+            f"{int((measured['status'] == 'MISMATCH').sum())} outside their tolerance"
+            + (f"; {unjudged} not judged ({NEAR_CHANCE_STATUS})." if unjudged else ".")
         )
         sections.append(("Against reported numbers", note, measured))
     return sections

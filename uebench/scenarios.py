@@ -37,4 +37,4 @@ def only_classes(poison: Poison, labels: torch.Tensor, classes: Sequence[int]) -
     keep = torch.isin(labels.cpu(), torch.tensor(list(classes), dtype=labels.dtype))
     rows = torch.where(keep, poison.rows, torch.full_like(poison.rows, -1))
     meta = {**poison.meta, "classes": list(classes)}
-    return Poison(poison.delta, rows, poison.eps, meta, surrogate=poison.surrogate)
+    return Poison(poison.delta, rows, poison.threat, meta, surrogate=poison.surrogate)

@@ -9,6 +9,7 @@ A comma followed by a digit continues the previous value, so
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 
@@ -93,12 +94,20 @@ def split_list(text: str | list[str] | tuple[str, ...]) -> list[str]:
     return [item.strip() for item in items if item.strip()]
 
 
-def parse_float(value: str) -> float:
-    """A float that may be written as a fraction, e.g. ``8/255``."""
+def parse_float(value: str, *, finite: bool = True) -> float:
+    """A float that may be written as a fraction, e.g. ``8/255``.
+
+    ``nan`` and ``inf`` are refused unless ``finite`` is False: no option of a built-in plugin
+    means anything at those values, and a NaN slips through every ``x <= limit`` range check.
+    """
     try:
         if "/" in value:
             numerator, denominator = value.split("/", 1)
-            return float(numerator) / float(denominator)
-        return float(value)
+            number = float(numerator) / float(denominator)
+        else:
+            number = float(value)
     except (ValueError, ZeroDivisionError):
         raise UebenchError(f"{value!r} is not a number (fractions like 8/255 are fine)") from None
+    if finite and not math.isfinite(number):
+        raise UebenchError(f"{value!r} is not a finite number")
+    return number

@@ -146,6 +146,7 @@ def train(
     optimizer, scheduler = make_optimizer(model, config)
     history: list[EpochStats] = []
     for epoch in range(1, config.epochs + 1):
+        countermeasure.on_epoch_start(epoch, config.epochs)
         started = time.perf_counter()
         model.train()
         loss_sum = torch.zeros((), device=device)

@@ -14,6 +14,7 @@ import os
 import sys
 import textwrap
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,11 @@ COMMAND_MODULES: tuple[str, ...] = (
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="uebench", description="Benchmark unlearnable-example methods against countermeasures."
+    )
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="on an error, show the traceback too (also: environment UEBENCH_DEBUG=1)",
     )
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run a method × countermeasure × arch × seed grid")
@@ -144,8 +150,19 @@ def _list(kind: str | None) -> None:
                 for p in registry.options(plugin).values()
             )
             print(f"  {plugin:16s} {doc[0] if doc else ''}")
+            if name == "methods":
+                print(f"  {'':16s} threat model: {_threat_of(registry, plugin)}")
             if options:
                 print(f"  {'':16s} options: {options}")
+
+
+def _threat_of(registry: Any, plugin: str) -> str:
+    """A method's threat model at its default options (``L∞ ≤ 8/255``, ``L2 ≤ 1``, ...)."""
+    try:
+        threat = registry.build(plugin).threat_model()
+    except UebenchError:  # needs an option to be built, or its parts' budgets decide
+        return "depends on its options"
+    return threat.describe() if threat is not None else "undeclared"
 
 
 def _list_protocols() -> None:
@@ -201,6 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.handler(args)
     except UebenchError as error:
+        if args.debug or os.environ.get("UEBENCH_DEBUG", "").lower() in {"1", "true", "yes"}:
+            traceback.print_exception(error)  # with its cause: a plugin's own exception
         print(f"uebench: error: {error}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # e.g. `uebench list | head`

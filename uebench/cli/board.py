@@ -95,7 +95,7 @@ def _leaderboard(args: argparse.Namespace) -> None:
 def _compare(args: argparse.Namespace) -> None:
     import pandas as pd
 
-    from uebench.leaderboard import cells_frame, markdown_table, read_records
+    from uebench.leaderboard import NEAR_CHANCE_STATUS, cells_frame, markdown_table, read_records
     from uebench.poison import atomic_write
     from uebench.references import compare, load_references
 
@@ -115,9 +115,16 @@ def _compare(args: argparse.Namespace) -> None:
                 shown.drop(columns=["dataset", "cited"]).to_string(index=False, float_format="%.2f")
             )
         mismatches = int((measured["status"] == "MISMATCH").sum())
+        unjudged = int((measured["status"] == NEAR_CHANCE_STATUS).sum())
         print(
             f"\n{len(measured)} of {len(table)} references measured; "
             f"{mismatches} outside their tolerance"
+            + (
+                f"; {unjudged} not judged: clean training stayed near chance in their setting, "
+                "so no number there can show what the noise does"
+                if unjudged
+                else ""
+            )
         )
     if args.out:
         out = Path(args.out)

@@ -118,11 +118,25 @@ def resolve_target(args: argparse.Namespace) -> Target:
     path = Path(args.target)
     if not path.exists():
         raise UebenchError(f"{path} does not exist; give a cell record or a poison file")
+    if path.is_dir():
+        raise UebenchError(_folder_hint(path))
     if path.suffix == ".json":
         return cell_target(path, args.model or "victim", args.test_size)
     if args.model == "victim":
         raise UebenchError("a poison file holds only its surrogate; drop --model victim")
     return poison_target(path, args)
+
+
+def _folder_hint(folder: Path) -> str:
+    """What certify takes, for a folder given instead: a few of its cell records, if any."""
+    cells = folder if folder.name == "cells" else folder / "cells"
+    records = sorted(cells.glob("*.json")) if cells.is_dir() else []
+    what = f"{folder} is a folder; certify takes one cell record (RUN_DIR/cells/<id>.json)"
+    if not records:
+        return f"{what} or a poison file (<cache>/<key>.pt)"
+    shown = ", ".join(str(record) for record in records[:3])
+    more = f" and {len(records) - 3} more" if len(records) > 3 else ""
+    return f"{what}, e.g. {shown}{more}"
 
 
 def cell_target(path: Path, which: str = "victim", test_size: int | None = None) -> Target:
@@ -163,7 +177,7 @@ def cell_target(path: Path, which: str = "victim", test_size: int | None = None)
         raise UebenchError(
             f"poison {poison_path} of cell {cell_id} is not in the cache; give the poison file"
         )
-    model, surrogate_meta = _surrogate(poison_path, data)
+    model, surrogate_meta = _surrogate(poison_path, data, cache_entry=True)
     meta.update(surrogate_meta)
     return Target(model, data, out, f"{cell_id}-surrogate", meta)
 
@@ -179,13 +193,18 @@ def poison_target(path: Path, args: argparse.Namespace) -> Target:
     return Target(model, data, path.parent / "certify", path.stem, {"target": str(path), **meta})
 
 
-def _surrogate(path: Path, data: ImageData) -> tuple[nn.Module, dict[str, Any]]:
-    poison = Poison.load(path)
+def _surrogate(
+    path: Path, data: ImageData, cache_entry: bool = False
+) -> tuple[nn.Module, dict[str, Any]]:
+    """The surrogate saved in poison ``path``; ``cache_entry``: ``path`` is the poison cache's
+    own file (found through a cell record), which the cache recrafts when deleted."""
+    poison = Poison.load(path, cache_entry=cache_entry)
     surrogate = poison.surrogate
     if surrogate is None:
+        recraft = ": delete it to recraft" if cache_entry else ""
         raise UebenchError(
             f"poison {path} keeps no crafting surrogate (its method does not save one, or it "
-            "was crafted before surrogates were kept: delete it to recraft)"
+            f"was crafted before surrogates were kept{recraft})"
         )
     if (surrogate.num_classes, surrogate.image_shape) != (data.num_classes, data.image_shape):
         raise UebenchError(

@@ -39,7 +39,7 @@ def select_records(
         raise UebenchError(f"{run_dir} holds no results (no cells/ folder); run `uebench run`")
     records = [
         r
-        for r in store.records()
+        for r in store.records(unreadable="skipped here; `uebench run` recomputes it")
         if (cell is None or r["cell_id"].startswith(cell))
         and (method is None or r["method"] == method)
         and (defense is None or r["defense"] == defense)

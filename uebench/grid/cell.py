@@ -15,14 +15,23 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from uebench.cache import PoisonCache, cache_key, method_identity, poison_key
+from uebench.cache import (
+    PoisonCache,
+    cache_key,
+    defense_identity,
+    method_identity,
+    plugin_identity,
+    poison_key,
+    spec_plugins,
+)
 from uebench.countermeasure import TrainingContext, TrainSet, build_countermeasure
 from uebench.data import ImageData
 from uebench.diagnostics import backdoor_success_rate, per_class_accuracy
+from uebench.errors import plugin_errors
 from uebench.grid.protocols import resolve_protocol
 from uebench.method import CraftContext
 from uebench.poison import Poison, atomic_write
-from uebench.registry import ARCHS, DATASETS, DEFENSES, METHODS
+from uebench.registry import ARCHS, METHODS
 from uebench.scenarios import only_classes, resolve_classes
 from uebench.training import (
     EpochStats,
@@ -66,12 +75,12 @@ class Cell:
     def identity(self) -> dict[str, Any]:
         """What determines the result (not where data or caches live, nor the device)."""
         return {
-            "dataset": DATASETS.resolve(self.dataset).canonical(),
+            "dataset": plugin_identity("datasets", self.dataset),
             "train_size": self.train_size,
             "test_size": self.test_size,
             "method": method_identity(self.method),
-            "defense": [DEFENSES.resolve(part).canonical() for part in self.defense.split("+")],
-            "arch": ARCHS.resolve(self.arch).canonical(),
+            "defense": defense_identity(self.defense),
+            "arch": plugin_identity("archs", self.arch),
             "seed": self.seed,
             "train": self.train.as_dict(),
         }
@@ -103,15 +112,34 @@ def craft_poison(cell: Cell, data: ImageData, progress: bool = True) -> Poison:
     """The crafted (unmasked) noise the cell's method makes, from the cache when there."""
     cache = PoisonCache(cell.cache_dir)
     ctx = CraftContext(resolve_device(cell.device), cell.train, progress, cache)
-    return ctx.craft(cell.method, data)
+    # The one place a method's own exceptions become one line (nested crafts land here too).
+    with plugin_errors(f"method {cell.method!r}", "crafting"):
+        return ctx.craft(cell.method, data)
 
 
 def cell_poison(cell: Cell, crafted: Poison, data: ImageData) -> Poison:
     """The crafted noise restricted to the cell's ``classes=`` (the whole of it otherwise)."""
-    classes = METHODS.resolve(cell.method).options.get("classes")
+    return spec_poison(cell.method, crafted, data)
+
+
+def spec_poison(method: str, crafted: Poison, data: ImageData) -> Poison:
+    """``crafted`` restricted to the ``classes=`` the method spec names (all of it otherwise):
+    the harness's part of a spec, shared by the runner and ``uebench.craft``."""
+    classes = METHODS.resolve(method).options.get("classes")
     if classes:
         return only_classes(crafted, data.y_train, resolve_classes(classes, data.classes))
     return crafted
+
+
+def cell_plugins(cell: Cell) -> list[dict[str, Any]]:
+    """Every plugin the cell ran (dataset, method and its nested specs, each countermeasure
+    part, arch) with the distribution, version and source hash of its code, for the record."""
+    return [
+        *spec_plugins("datasets", cell.dataset),
+        *spec_plugins("methods", cell.method),
+        *spec_plugins("defenses", cell.defense),
+        *spec_plugins("archs", cell.arch),
+    ]
 
 
 def run_cell(
@@ -119,17 +147,21 @@ def run_cell(
     progress: bool = True,
     model_path: Path | None = None,
     crafted: Poison | None = None,
+    data: ImageData | None = None,
 ) -> dict[str, Any]:
     """Run one cell from scratch to its record (a JSON-able dict).
 
     ``crafted`` is the method's noise when a backend crafted it already (a Ray driver hands it
-    over); otherwise it comes from the poison cache, crafted there on a miss.  With
+    over); otherwise it comes from the poison cache, crafted there on a miss.  ``data`` is the
+    cell's loaded data when a backend sends it (Ray workers need no dataset files); otherwise
+    it is loaded here.  With
     ``model_path`` the trained victim's ``state_dict`` is saved there (atomically), for
     ``uebench certify`` and other analyses of the model itself.
     """
     started = time.perf_counter()
     device = resolve_device(cell.device)
-    data = load_cell_data(cell.dataset, cell.data_root, cell.train_size, cell.test_size)
+    if data is None:
+        data = load_cell_data(cell.dataset, cell.data_root, cell.train_size, cell.test_size)
     craft_started = time.perf_counter()
     if crafted is None:
         crafted = craft_poison(cell, data, progress)
@@ -138,70 +170,77 @@ def run_cell(
 
     generator = torch.Generator().manual_seed(cell.seed)
     torch.manual_seed(cell.seed)
-    countermeasure = build_countermeasure(cell.defense)
-    trainset = countermeasure.prepare(
-        TrainSet(
-            poison.apply(data.x_train),
-            data.y_train,
-            data.x_train,
-            poison.rows >= 0,
-            num_classes=data.num_classes,
-        ),
-        generator,
-    )
-    model = ARCHS.build(cell.arch, data.num_classes, data.image_shape)
-    bar = tqdm(
-        total=cell.train.epochs,
-        desc=cell.name(),
-        leave=False,
-        disable=not progress,
-        dynamic_ncols=True,
-    )
-
-    def on_epoch(stats: EpochStats) -> None:
-        bar.update()
-        bar.set_postfix(test_acc=f"{stats.test_acc:.1f}")
-
-    val = (trainset.x_val, trainset.y_val) if trainset.x_val is not None else None
-    history = train(
-        model,
-        trainset.x,
-        trainset.y,
-        cell.train,
-        device,
-        test=(data.x_test, data.y_test),
-        val=val,
-        countermeasure=countermeasure,
-        generator=generator,
-        on_epoch=on_epoch,
-    )
-    bar.close()
-
-    trained_acc = history[-1].test_acc
-    final_acc = trained_acc
-    if countermeasure.overrides("after_training"):
-        context = TrainingContext(
-            device, cell.train, generator, (data.x_test, data.y_test), data.num_classes, cell.arch
+    training = f"cell {cell.name()} (countermeasure {cell.defense!r}, arch {cell.arch!r})"
+    with plugin_errors(training, "training"):
+        countermeasure = build_countermeasure(cell.defense)
+        trainset = countermeasure.prepare(
+            TrainSet(
+                poison.apply(data.x_train),
+                data.y_train,
+                data.x_train,
+                poison.rows >= 0,
+                num_classes=data.num_classes,
+            ),
+            generator,
         )
-        trainset.notes.update(countermeasure.after_training(model, trainset, context))
+        model = ARCHS.build(cell.arch, data.num_classes, data.image_shape)
+        bar = tqdm(
+            total=cell.train.epochs,
+            desc=cell.name(),
+            leave=False,
+            disable=not progress,
+            dynamic_ncols=True,
+        )
 
-    predicted = predict(model, data.x_test, device, cell.train.eval_batch_size, cell.train.amp)
-    confusion = confusion_matrix(predicted, data.y_test, data.num_classes)
-    per_class = per_class_accuracy(confusion)
-    backdoor = backdoor_success_rate(
-        model,
-        poison,
-        data.x_test,
-        data.y_test,
-        data.num_classes,
-        device,
-        torch.Generator().manual_seed(cell.seed),
-        cell.train.eval_batch_size,
-    )
-    if countermeasure.overrides("after_training"):
-        final_acc = 100.0 * float((predicted == data.y_test).float().mean())
-    best = max(range(len(history)), key=lambda i: history[i].test_acc)
-    selected = countermeasure.select(history)
+        def on_epoch(stats: EpochStats) -> None:
+            bar.update()
+            bar.set_postfix(test_acc=f"{stats.test_acc:.1f}")
+
+        val = (trainset.x_val, trainset.y_val) if trainset.x_val is not None else None
+        history = train(
+            model,
+            trainset.x,
+            trainset.y,
+            cell.train,
+            device,
+            test=(data.x_test, data.y_test),
+            val=val,
+            countermeasure=countermeasure,
+            generator=generator,
+            on_epoch=on_epoch,
+        )
+        bar.close()
+
+        trained_acc = history[-1].test_acc
+        final_acc = trained_acc
+        if countermeasure.overrides("after_training"):
+            context = TrainingContext(
+                device,
+                cell.train,
+                generator,
+                (data.x_test, data.y_test),
+                data.num_classes,
+                cell.arch,
+            )
+            trainset.notes.update(countermeasure.after_training(model, trainset, context))
+
+        predicted = predict(model, data.x_test, device, cell.train.eval_batch_size, cell.train.amp)
+        confusion = confusion_matrix(predicted, data.y_test, data.num_classes)
+        per_class = per_class_accuracy(confusion)
+        backdoor = backdoor_success_rate(
+            model,
+            poison,
+            data.x_test,
+            data.y_test,
+            data.num_classes,
+            device,
+            torch.Generator().manual_seed(cell.seed),
+            cell.train.eval_batch_size,
+        )
+        if countermeasure.overrides("after_training"):
+            final_acc = 100.0 * float((predicted == data.y_test).float().mean())
+        best = max(range(len(history)), key=lambda i: history[i].test_acc)
+        selected = countermeasure.select(history)
     if model_path is not None:
         state = {name: value.detach().cpu() for name, value in model.state_dict().items()}
         atomic_write(model_path, lambda handle: torch.save(state, handle))
@@ -235,15 +274,19 @@ def run_cell(
         "per_class_acc": [None if value != value else value for value in per_class.tolist()],
         "backdoor_success": backdoor,
         "poison_hash": poison.content_hash(),
+        "threat": poison.threat.describe(),
         "poison": {
             **poison.meta,
             "eps": poison.eps,
+            "threat_model": poison.threat.as_dict(),
+            "threat": poison.threat.describe(),
             "poisoned_fraction": float(trainset.poisoned.float().mean()),
         },
         "countermeasure_notes": trainset.notes,
         "data_fingerprint": data.fingerprint(),
         "config": {**asdict(cell), "identity": cell.identity()},
         "code_version": code_version(),
+        "plugins": cell_plugins(cell),
         "device": str(device),
         "craft_time_s": craft_seconds,
         "wall_time_s": time.perf_counter() - started,

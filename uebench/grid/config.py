@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+import numbers
+import os
+import tempfile
+import types
+import typing
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from uebench.cache import method_identity
 from uebench.countermeasure import build_countermeasure
-from uebench.errors import UebenchError
+from uebench.errors import UebenchError, plugin_errors
 from uebench.grid.cell import Cell
 from uebench.grid.protocols import Protocol, resolve_protocol
-from uebench.registry import ARCHS
+from uebench.registry import ARCHS, METHODS
 from uebench.spec import split_list
 from uebench.training import TrainConfig, resolve_device
 
@@ -27,12 +35,12 @@ class GridConfig:
     defenses: list[str] = field(default_factory=lambda: ["none"])
     # None: the protocol's value (archs, epochs, batch_size, lr, train_size, test_size).
     archs: list[str] | None = None
-    seeds: list[int] = field(default_factory=lambda: [0])
-    epochs: int | None = None
-    batch_size: int | None = None
-    lr: float | None = None
-    train_size: int | None = None
-    test_size: int | None = None
+    seeds: list[int] = field(default_factory=lambda: [0], metadata={"min": 0})
+    epochs: int | None = field(default=None, metadata={"min": 1})
+    batch_size: int | None = field(default=None, metadata={"min": 1})
+    lr: float | None = field(default=None, metadata={"above": 0})
+    train_size: int | None = field(default=None, metadata={"min": 1})
+    test_size: int | None = field(default=None, metadata={"min": 1})
     device: str = "auto"
     out: str = "runs/default"
     cache_dir: str | None = None
@@ -41,12 +49,21 @@ class GridConfig:
     # Named bundle of settings (see uebench.grid.protocols); None: the dataset's default.
     protocol: str | None = None
     # torch threads in this process (local backend) or per cell (Ray); None: uebench decides.
-    threads: int | None = None
+    threads: int | None = field(default=None, metadata={"min": 1})
     # Where cells run: "local" (this process, one after another) or "ray" (a Ray cluster).
     backend: str = "local"
     address: str | None = None  # Ray: "auto", "ray://HOST:PORT"; None starts a local instance
-    cpus_per_cell: float | None = None  # Ray resource requests; None: sensible defaults
-    gpus_per_cell: float | None = None
+    # Ray resource requests; None: sensible defaults
+    cpus_per_cell: float | None = field(default=None, metadata={"above": 0})
+    gpus_per_cell: float | None = field(default=None, metadata={"min": 0})
+
+    def __post_init__(self) -> None:
+        # Every value is checked against its field's annotation (and the bounds in its
+        # metadata) here, so a config file, flags and API keywords all fail before any work.
+        hints = typing.get_type_hints(type(self))
+        for spec in fields(self):
+            value = getattr(self, spec.name)
+            setattr(self, spec.name, _checked(spec.name, value, hints[spec.name], spec.metadata))
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> GridConfig:
@@ -58,12 +75,17 @@ class GridConfig:
             raise UebenchError(
                 f"unknown config key {unknown[0]!r}; valid: {', '.join(sorted(known))}"
             )
-        for key in ("methods", "defenses", "archs"):
-            if key in values:
-                values[key] = split_list(values[key])
-        if "seeds" in values:
-            values["seeds"] = parse_seeds(values["seeds"])
         return cls(**values)
+
+    def cache_folder(self) -> Path:
+        """Where poisons are cached: ``cache_dir``, else ``cache/`` beside the results folder."""
+        return Path(self.cache_dir) if self.cache_dir else Path(self.out).parent / "cache"
+
+    def check_folders(self) -> None:
+        """Create the results and cache folders and write a probe file in each, so a file in
+        the way or a read-only place is one line before any data loads, not after a cell."""
+        for key, folder in (("out", Path(self.out)), ("cache_dir", self.cache_folder())):
+            _check_writable(key, folder)
 
     def resolved_protocol(self) -> Protocol:
         """The grid's protocol (``protocol`` or the dataset's default) for its dataset."""
@@ -94,13 +116,17 @@ class GridConfig:
         archs = self.archs if self.archs is not None else list(protocol.archs)
         for _, spec in methods:
             method_identity(spec)
+            # Building is cheap and runs the plugin's own option checks (its __init__).
+            with plugin_errors(f"method {spec!r}", "checking its options"):
+                METHODS.resolve(spec).without_common().build()
         for _, spec in defenses:
-            build_countermeasure(spec)
+            with plugin_errors(f"countermeasure {spec!r}", "checking its options"):
+                build_countermeasure(spec)
         for spec in archs:
-            ARCHS.resolve(spec)
+            ARCHS.resolve(spec)  # building one needs the data's classes and image shape
         resolve_device(self.device)
         config = self.train_config()
-        cache_dir = self.cache_dir or str(Path(self.out).parent / "cache")
+        cache_dir = str(self.cache_folder())
         cells: dict[str, Cell] = {}
         for seed in self.seeds:
             for arch in archs:
@@ -136,20 +162,141 @@ def _first(value: Any, fallback: Any) -> Any:
     return value if value is not None else fallback
 
 
-def parse_seeds(value: Any) -> list[int]:
-    """``0,1,2``, ``0-4`` or a list of ints."""
-    if isinstance(value, int):
-        return [value]
+def _checked(key: str, value: Any, annotation: Any, bounds: Mapping[str, Any]) -> Any:
+    """``value`` as a value of ``annotation`` (``int | None``, ``list[str]``, ...) within
+    ``bounds`` (``min``, ``above``), or a one-line error naming the key, value and expectation.
+
+    Lists may also be given as comma-separated strings (seeds also as ranges, ``0-4``);
+    booleans must be real booleans; integers may not be floats with a fraction; floats must be
+    finite.
+    """
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        if value is None:
+            return None
+        (annotation,) = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) is list:
+        (item_type,) = typing.get_args(annotation)
+        items = _as_list(key, value, item_type)
+        return [_checked_item(key, item, item_type, bounds, in_list=True) for item in items]
+    return _checked_item(key, value, annotation, bounds)
+
+
+def _as_list(key: str, value: Any, item_type: type) -> list[Any]:
+    kind = "integers" if item_type is int else "specs"
     if isinstance(value, str):
-        seeds: list[int] = []
-        for part in value.split(","):
-            try:
-                if "-" in part.strip()[1:]:
-                    low, high = part.split("-", 1)
-                    seeds.extend(range(int(low), int(high) + 1))
-                elif part.strip():
-                    seeds.append(int(part))
-            except ValueError:
-                raise UebenchError(f"bad seeds {value!r}; use e.g. 0,1,2 or 0-4") from None
-        return seeds
-    return [int(v) for v in value]
+        items = parse_seeds(value) if item_type is int else split_list(value)
+    elif isinstance(value, (list, tuple)):
+        items = list(value)
+        if item_type is str:
+            for item in items:
+                _checked_item(key, item, str, {}, in_list=True)
+            items = split_list(items)
+    elif item_type is int and _is_int(value):
+        items = [value]
+    else:
+        raise UebenchError(
+            f"{key}: expected a list of {kind} or a comma-separated string, got {value!r}"
+        )
+    if not items:
+        raise UebenchError(f"{key} is empty: give at least one {kind[:-1]}")
+    return items
+
+
+def _checked_item(
+    key: str, value: Any, kind: type, bounds: Mapping[str, Any], in_list: bool = False
+) -> Any:
+    where = f"{key}: expected {'every item to be ' if in_list else ''}"
+    if kind is bool:
+        if not isinstance(value, (bool, np.bool_)):  # not "no", 0 or None
+            raise UebenchError(f"{where}true or false, got {value!r}")
+        return bool(value)
+    if kind is str:
+        if isinstance(value, os.PathLike):
+            value = os.fspath(value)
+        if not isinstance(value, str):
+            raise UebenchError(f"{where}a string, got {value!r}")
+        return value
+    if kind is int:
+        if not _is_int(value):
+            raise UebenchError(f"{where}an integer{_bounds_text(bounds)}, got {value!r}")
+        number: int | float = int(value)
+    elif kind is float:
+        number = float(value) if _is_real(value) else math.nan
+        if not math.isfinite(number):
+            raise UebenchError(f"{where}a finite number{_bounds_text(bounds)}, got {value!r}")
+    else:  # pragma: no cover - a field of a type this function does not know
+        raise TypeError(f"GridConfig.{key}: unsupported annotation {kind!r}")
+    low, above = bounds.get("min"), bounds.get("above")
+    if (low is not None and number < low) or (above is not None and number <= above):
+        noun = "an integer" if kind is int else "a finite number"
+        raise UebenchError(f"{where}{noun}{_bounds_text(bounds)}, got {value!r}")
+    return number
+
+
+def _is_real(value: Any) -> bool:
+    """A number (numpy's too), not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _is_int(value: Any) -> bool:
+    """An integer, or a float without a fraction (``3.0`` for 3), not a bool."""
+    if not _is_real(value):
+        return False
+    return isinstance(value, numbers.Integral) or (
+        math.isfinite(value) and float(value).is_integer()
+    )
+
+
+def _bounds_text(bounds: Mapping[str, Any]) -> str:
+    if bounds.get("above") is not None:
+        return f" > {bounds['above']}"
+    if bounds.get("min") is not None:
+        return f" >= {bounds['min']}"
+    return ""
+
+
+def _check_writable(key: str, folder: Path) -> None:
+    """Create ``folder`` and write and remove a probe file in it; one line if either fails."""
+    # mkdir's own errors for these ("File exists", "Not a directory") do not say which file.
+    blocker = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
+    if blocker == folder:
+        raise UebenchError(f"{key}: {folder} is a file, not a folder")
+    if blocker is not None:
+        raise UebenchError(f"{key}: cannot create {folder}: {blocker} is a file")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        handle, probe = tempfile.mkstemp(dir=folder, prefix=".uebench-probe-")
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as error:
+        raise UebenchError(
+            f"{key}: cannot write to {folder} ({error.strerror or type(error).__name__})"
+        ) from None
+
+
+def parse_seeds(value: Any) -> list[int]:
+    """``0,1,2``, ``0-4`` or a list of ints; a reversed range or no seed at all is an error."""
+    if _is_int(value):
+        return [int(value)]
+    if isinstance(value, (list, tuple)):
+        bad = next((v for v in value if not _is_int(v)), None)
+        if bad is not None or not value:
+            raise UebenchError(f"seeds: expected a list of integers, got {list(value)!r}")
+        return [int(v) for v in value]
+    if not isinstance(value, str):
+        raise UebenchError(f"seeds: expected e.g. 0,1,2, 0-4 or a list of integers, got {value!r}")
+    seeds: list[int] = []
+    for part in (part.strip() for part in value.split(",")):
+        try:
+            if "-" in part[1:]:
+                low, high = (int(end) for end in part.split("-", 1))
+                if high < low:
+                    raise UebenchError(f"seeds: the range {part} is reversed; write {high}-{low}")
+                seeds.extend(range(low, high + 1))
+            elif part:
+                seeds.append(int(part))
+        except ValueError:
+            raise UebenchError(f"bad seeds {value!r}; use e.g. 0,1,2 or 0-4") from None
+    if not seeds:
+        raise UebenchError(f"seeds {value!r} names no seed; use e.g. 0,1,2 or 0-4")
+    return seeds

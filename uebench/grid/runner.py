@@ -1,15 +1,30 @@
-"""The local backend: run a grid's unfinished cells one after another in this process."""
+"""The local backend: run a grid's unfinished cells one after another in this process.
+
+Each cell is claimed in the :class:`~uebench.grid.store.ResultStore` before it runs, so several
+``uebench run`` processes on one ``--out`` share the work instead of repeating it.  A cell
+another live process has claimed is skipped at first; once this process has run every cell it
+could, it waits for those (reporting them as running elsewhere), polling every
+:data:`WAIT_POLL_S`, and runs any whose claimant died or gave up without a record.  So each
+process ends with the whole grid's table, as if it had run alone.
+"""
 
 from __future__ import annotations
+
+import socket
+import time
+from collections import Counter
 
 import pandas as pd
 from tqdm.auto import tqdm
 
 from uebench.errors import UebenchError
-from uebench.grid.cell import run_cell
+from uebench.grid.cell import Cell, run_cell
 from uebench.grid.config import GridConfig
 from uebench.grid.store import ResultStore
 from uebench.grid.threads import choose_threads, torch_threads
+
+#: Seconds between checks on cells another process is running.
+WAIT_POLL_S = 2.0
 
 
 def run_grid(config: GridConfig) -> pd.DataFrame:
@@ -22,6 +37,7 @@ def run_grid(config: GridConfig) -> pd.DataFrame:
         raise UebenchError(f"unknown backend {config.backend!r}; valid: local, ray")
     store = ResultStore(config.out)
     cells = config.cells(report=tqdm.write)
+    config.check_folders()  # a file in the way fails here, not after the first cell
     todo = [cell for cell in cells if store.read(cell.cell_id) is None]
     if len(todo) < len(cells):
         tqdm.write(
@@ -34,27 +50,104 @@ def run_grid(config: GridConfig) -> pd.DataFrame:
             f"uebench: {len(todo)} cell(s) under protocol {cells[0].protocol!r}; "
             f"torch threads: {why}"
         )
-    with torch_threads(threads):
-        for cell in tqdm(
-            todo,
-            desc="grid",
-            unit="cell",
-            disable=not config.progress or not todo,
-            dynamic_ncols=True,
-        ):
-            model_path = (
-                store.root / "models" / f"{cell.cell_id}.pt" if config.save_models else None
-            )
-            record = run_cell(cell, config.progress, model_path)
-            record["threads"] = threads
-            store.write(record)
-            store.write_csv()
-            if config.progress:
+    bar = tqdm(
+        total=len(todo),
+        desc="grid",
+        unit="cell",
+        disable=not config.progress or not todo,
+        dynamic_ncols=True,
+    )
+    try:
+        with torch_threads(threads):
+            waiting = _run_claimable(todo, store, config, threads, bar)
+            if waiting:
                 tqdm.write(
-                    f"uebench: {cell.name()}: {record['final_acc']:.1f}% "
-                    f"({record['wall_time_s']:.0f} s)"
+                    f"uebench: {len(waiting)} cell(s) running elsewhere{_holders(store, waiting)}"
+                    "; waiting for them (Ctrl-C stops waiting; their records still arrive)"
                 )
+            while waiting:
+                time.sleep(WAIT_POLL_S)
+                waiting = _run_claimable(waiting, store, config, threads, bar)
+    finally:
+        bar.close()
+        store.release_all()
     store.write_csv()
     table = store.table()
     ids = {cell.cell_id for cell in cells}
     return table[table["cell_id"].isin(ids)].reset_index(drop=True)
+
+
+def _run_claimable(
+    cells: list[Cell], store: ResultStore, config: GridConfig, threads: int, bar: tqdm
+) -> list[Cell]:
+    """Run each cell without a record that this process can claim; return those claimed by
+    other live processes (cells finished elsewhere meanwhile are neither)."""
+    elsewhere = []
+    for cell in cells:
+        if store.read(cell.cell_id) is not None:  # finished by another process meanwhile
+            bar.update()
+            continue
+        if not store.claim(cell.cell_id):
+            elsewhere.append(cell)
+            continue
+        try:
+            # The record may have landed between the read above and the claim.
+            if store.read(cell.cell_id) is None:
+                _run_one(cell, store, config, threads)
+        finally:
+            store.release(cell.cell_id)
+        bar.update()
+    return elsewhere
+
+
+def _run_one(cell: Cell, store: ResultStore, config: GridConfig, threads: int) -> None:
+    model_path = store.root / "models" / f"{cell.cell_id}.pt" if config.save_models else None
+    record = run_cell(cell, config.progress, model_path)
+    record.update(threads=threads, backend="local", node=socket.gethostname())
+    store.write(record)
+    store.write_csv()
+    if config.progress:
+        tqdm.write(
+            f"uebench: {cell.name()}: {record['final_acc']:.1f}% ({record['wall_time_s']:.0f} s)"
+        )
+
+
+class CellsFailed(UebenchError):
+    """Cells of a grid raised; every other cell's record (and results.csv) was written first.
+
+    Any backend that goes on past a failing cell ends with this, so the exit status says so.
+    """
+
+    def __init__(self, failed: list[str], total: int) -> None:
+        self.failed = failed
+        self.total = total
+        shown = "; ".join(failed[:3]) + (f"; and {len(failed) - 3} more" if len(failed) > 3 else "")
+        super().__init__(
+            f"{len(failed)} of {total} cells failed (reported above; rerun to retry them): {shown}"
+        )
+
+
+def failure_line(cell: Cell, reason: str) -> str:
+    """The one line that reports a failed cell: its name, its full specs and why."""
+    return (
+        f"uebench: cell failed: {cell.name()} [dataset={cell.dataset} method={cell.method} "
+        f"defense={cell.defense} arch={cell.arch} seed={cell.seed} id={cell.cell_id}]: {reason}"
+    )
+
+
+def grid_table(store: ResultStore, cells: list[Cell]) -> pd.DataFrame:
+    """The rows of results.csv that belong to ``cells``."""
+    table = store.table()
+    ids = {cell.cell_id for cell in cells}
+    return table[table["cell_id"].isin(ids)].reset_index(drop=True)
+
+
+def _holders(store: ResultStore, cells: list[Cell]) -> str:
+    """`` (pid 123 on host-a)`` (or several), for the waiting message; empty when the claims
+    are gone already."""
+    holders: Counter[str] = Counter()
+    for cell in cells:
+        holder = store.claimant(cell.cell_id)
+        if holder is not None:
+            holders[f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}"] += 1
+    return f" ({', '.join(holders)})" if holders else ""

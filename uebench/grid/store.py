@@ -1,9 +1,23 @@
-"""Per-cell JSON records (one file each, written atomically) and the derived results.csv."""
+"""Per-cell JSON records (one file each, written atomically), the derived results.csv, and the
+claims that keep two processes from running one cell.
+
+A process claims a cell before running it: ``cells/<id>.claim`` is created atomically
+(``O_CREAT | O_EXCL``) and holds the claimant's pid, host and start time; it is removed when the
+record is written or the run fails.  While held, a claim is touched every
+:data:`CLAIM_HEARTBEAT_S`.  Another process skips a claimed cell, unless the claim is stale:
+its pid is dead on this host, or it has not been touched for :data:`CLAIM_STALE_S` (a claimant
+on another host cannot be asked, and a pid may have been reused); a stale claim is taken over.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import os
+import threading
+import time
+import uuid
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,7 +25,22 @@ from typing import Any
 
 import pandas as pd
 
+from uebench.liveness import remove_stale_temporaries, this_host, writer_alive
 from uebench.poison import atomic_write
+
+try:  # claims are serialized with flock where there is one (not on Windows)
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
+#: How often a held claim is touched to show its claimant is alive (seconds).
+CLAIM_HEARTBEAT_S = 30.0
+#: A claim untouched this long is stale, whoever holds it.  Twenty missed heartbeats: long
+#: enough for clocks of hosts sharing a folder to differ by minutes and for network file
+#: systems' lagging modification times, short enough that a crashed host's cells are taken
+#: over within minutes rather than hours.  (A cell itself may run far longer: the heartbeat,
+#: not the cell's length, keeps its claim fresh.)
+CLAIM_STALE_S = 600.0
 
 CSV_COLUMNS = [
     "protocol",
@@ -30,6 +59,7 @@ CSV_COLUMNS = [
     "train_size",
     "test_size",
     "num_classes",
+    "threat",
     "poison_hash",
     "wall_time_s",
     "cell_id",
@@ -42,12 +72,136 @@ class ResultStore:
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
         self.cells = self.root / "cells"
+        self._held: dict[str, str] = {}  # cell id -> the token written in our claim
+        self._guard = threading.Lock()
+        self._heartbeat: threading.Thread | None = None
+        for folder in (self.root, self.cells, self.root / "models"):
+            remove_stale_temporaries(folder)  # of writers killed mid-write
 
     def path(self, cell_id: str) -> Path:
         return self.cells / f"{cell_id}.json"
 
-    def read(self, cell_id: str) -> dict[str, Any] | None:
-        """A finished cell's record, or None; an unreadable record counts as unfinished."""
+    # --- claims ----------------------------------------------------------------------------
+
+    def claim_path(self, cell_id: str) -> Path:
+        return self.cells / f"{cell_id}.claim"
+
+    def claim(self, cell_id: str) -> bool:
+        """Claim a cell for this process: True when it is now ours (a stale claim is taken
+        over), False while another live process holds it.  Release with :meth:`release`;
+        :meth:`write` releases the cell it writes."""
+        if cell_id in self._held:
+            return True
+        self.cells.mkdir(parents=True, exist_ok=True)
+        token = uuid.uuid4().hex
+        path = self.claim_path(cell_id)
+        with self._claims_locked():
+            holder = self.claimant(cell_id)
+            if holder is not None:
+                if not holder["stale"]:
+                    return False
+                path.unlink(missing_ok=True)
+            try:
+                handle = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:  # a process that does not take the lock got there first
+                return False
+            with os.fdopen(handle, "w") as stream:
+                json.dump(
+                    {
+                        "pid": os.getpid(),
+                        "host": this_host(),
+                        "started": time.time(),
+                        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                        "token": token,
+                    },
+                    stream,
+                )
+        with self._guard:
+            self._held[cell_id] = token
+            if self._heartbeat is None:
+                self._heartbeat = threading.Thread(
+                    target=self._beat, name="uebench-claims", daemon=True
+                )
+                self._heartbeat.start()
+        return True
+
+    def release(self, cell_id: str) -> None:
+        """Give up our claim on a cell (a claim someone has since taken over is left alone)."""
+        with self._guard:
+            token = self._held.pop(cell_id, None)
+        if token is None:
+            return
+        with self._claims_locked():
+            holder = self.claimant(cell_id)
+            if holder is not None and holder.get("token") == token:
+                self.claim_path(cell_id).unlink(missing_ok=True)
+
+    def release_all(self) -> None:
+        """Release every claim this store holds (a backend's ``finally``)."""
+        for cell_id in list(self._held):
+            self.release(cell_id)
+
+    def held(self) -> list[str]:
+        """The cell ids this store holds claims on."""
+        return list(self._held)
+
+    def claimant(self, cell_id: str) -> dict[str, Any] | None:
+        """Who holds a cell's claim (``pid``, ``host``, ``started``, ``age_s`` since its last
+        heartbeat, ``stale``), or None when it is unclaimed."""
+        path = self.claim_path(cell_id)
+        try:
+            text = path.read_text()
+            age = time.time() - path.stat().st_mtime
+        except FileNotFoundError:
+            return None
+        except OSError:
+            text, age = "", 0.0
+        try:
+            holder = json.loads(text)
+            if not isinstance(holder, dict):
+                raise ValueError
+        except ValueError:  # being written this instant, or damaged: only its age can tell
+            holder = {}
+        pid, host = holder.get("pid"), holder.get("host")
+        dead = isinstance(pid, int) and isinstance(host, str) and writer_alive(pid, host) is False
+        return {**holder, "age_s": age, "stale": dead or age > CLAIM_STALE_S}
+
+    @contextlib.contextmanager
+    def _claims_locked(self) -> Iterator[None]:
+        """Serialize claim changes across processes, so that two processes taking over one
+        stale claim cannot both win."""
+        if fcntl is None:
+            yield
+            return
+        # Beside cells/, not in it: what lists cells/ should find records and claims only.
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / ".claims.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _beat(self) -> None:
+        """Touch every held claim each :data:`CLAIM_HEARTBEAT_S`; end when none is held."""
+        while True:
+            time.sleep(CLAIM_HEARTBEAT_S)
+            with self._guard:
+                if not self._held:
+                    self._heartbeat = None
+                    return
+                held = list(self._held)
+            for cell_id in held:
+                with contextlib.suppress(OSError):
+                    os.utime(self.claim_path(cell_id))
+
+    # --- records ---------------------------------------------------------------------------
+
+    def read(
+        self, cell_id: str, unreadable: str = "the cell will be recomputed"
+    ) -> dict[str, Any] | None:
+        """A finished cell's record, or None; an unreadable record counts as unfinished, with a
+        warning ending in ``unreadable`` (what the caller will do about it)."""
         path = self.path(cell_id)
         if not path.exists():
             return None
@@ -57,20 +211,21 @@ class ResultStore:
                 raise ValueError("cell id does not match the file name")
             return record
         except (ValueError, OSError) as error:
-            warnings.warn(
-                f"record {path} is unreadable ({error}); the cell will be recomputed", stacklevel=2
-            )
+            warnings.warn(f"record {path} is unreadable ({error}); {unreadable}", stacklevel=2)
             return None
 
     def write(self, record: dict[str, Any]) -> Path:
+        """Write a cell's record (atomically) and release our claim on the cell, if any."""
         path = self.path(record["cell_id"])
         text = json.dumps(record, indent=1, sort_keys=True)
         atomic_write(path, lambda stream: stream.write(text), mode="w")
+        self.release(record["cell_id"])
         return path
 
-    def records(self) -> Iterator[dict[str, Any]]:
+    def records(self, unreadable: str = "`uebench run` recomputes it") -> Iterator[dict[str, Any]]:
+        """Every readable record; each unreadable one is skipped with a warning (see read)."""
         for path in sorted(self.cells.glob("*.json")):
-            record = self.read(path.stem)
+            record = self.read(path.stem, unreadable)
             if record is not None:
                 yield record
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-#: A clean row closer than this to chance (points) has not learned enough to judge noise by.
-BASELINE_MARGIN = 10.0
+from uebench.leaderboard import chance_level, near_chance, near_chance_warning
 
 
 def summary(table: pd.DataFrame) -> str:
@@ -13,7 +12,9 @@ def summary(table: pd.DataFrame) -> str:
 
     Columns are countermeasures (with the architecture too when the grid has several); the
     ``clean`` row is marked as the baseline, chance is stated, and a countermeasure under which
-    even clean training stayed near chance is flagged: its column says nothing about the noise.
+    even clean training stayed near chance is flagged (:func:`uebench.leaderboard.near_chance`,
+    the test the leaderboard, the report and ``uebench compare`` apply too): its column says
+    nothing about the noise.
     """
     if table.empty:
         return "(no results)"
@@ -23,7 +24,8 @@ def summary(table: pd.DataFrame) -> str:
         index="method", columns=columns, values="final_acc", aggfunc="mean", sort=False
     )
     seeds = table.groupby(["method", *columns])["seed"].nunique().max()
-    chance = _chance(table)
+    num_classes = _num_classes(table)
+    chance = chance_level(num_classes)
     lines = [
         f"clean test accuracy (%), final epoch, mean over {seeds} seed(s)"
         + (f"; chance is {chance:.1f}%" if chance is not None else "")
@@ -31,19 +33,16 @@ def summary(table: pd.DataFrame) -> str:
     shown = pivot.round(1)
     shown.index = [f"{name} (baseline)" if name == "clean" else name for name in shown.index]
     lines.append(shown.to_string())
-    if chance is not None and "clean" in pivot.index:
+    if num_classes is not None and "clean" in pivot.index:
         for column, value in pivot.loc["clean"].items():
-            if value == value and value < chance + BASELINE_MARGIN:
+            if near_chance(value, num_classes):
                 where = "/".join(column) if isinstance(column, tuple) else column
-                lines.append(
-                    f"warning: clean training reached only {value:.1f}% under {where} "
-                    f"(chance {chance:.1f}%): that column cannot show what the noise does"
-                )
+                lines.append(f"warning: {near_chance_warning(value, num_classes, where)}")
     return "\n".join(lines)
 
 
-def _chance(table: pd.DataFrame) -> float | None:
-    """100/K for the grid's K classes (None for records that predate ``num_classes``)."""
+def _num_classes(table: pd.DataFrame) -> int | None:
+    """The grid's class count K (None for records that predate ``num_classes``)."""
     if "num_classes" not in table or table["num_classes"].isna().all():
         return None
-    return 100.0 / float(table["num_classes"].dropna().iloc[0])
+    return int(table["num_classes"].dropna().iloc[0])

@@ -1,0 +1,1 @@
+"""Example uebench plugins (see docs/plugins.md)."""
