@@ -66,7 +66,7 @@ def test_protocol_fills_what_specs_leave_unset_and_specs_win():
     )
     # The dataset's own section refines the "*" one: CIFAR subsets keep the ResNet source.
     cifar = resolve_protocol("mini", "cifar10")
-    assert cifar.method_spec("emin").startswith("emin:source=[resnet18:width=16]:augment=true")
+    assert cifar.method_spec("emin").startswith("emin:source=[resnet18:width=8]:augment=true")
     # An option written in the spec wins, and a positional first option counts as written.
     assert "source=[vgg11]" in mini.method_spec("emin:source=[vgg11]")
     assert mini.method_spec("emin:source=[vgg11]").count("source=") == 1
@@ -139,12 +139,12 @@ def test_record_keeps_protocol_and_resolved_specs(tmp_path, tiny_grid):
     record = json.loads(next((tmp_path / "g" / "cells").glob("*.json")).read_text())
     assert record["protocol"] == "mini"
     assert record["method"] == "emin:form=class:max_rounds=1"  # as written
-    assert "source=[resnet18:width=16]" in record["method_spec"]  # as run
+    assert "source=[resnet18:width=8]" in record["method_spec"]  # as run
     assert "augment=true" in record["method_spec"]
     assert record["protocol_values"]["name"] == "mini"
     assert record["protocol_values"]["method_options"]["augment"] is True
     assert record["num_classes"] == 10
-    assert record["epochs"] == 1  # the flag beat the protocol's 15
+    assert record["epochs"] == 1  # the flag beat the protocol's 12
 
 
 def test_bad_protocol_data_is_an_error(monkeypatch):

@@ -89,11 +89,23 @@ class Reference:
         return ", ".join(p for p in parts if p) or self.name
 
     def keys(self) -> dict[str, str]:
-        """The spelling-independent keys measured cells are matched on."""
+        """The spelling-independent keys measured cells are matched on.
+
+        A reference measured under one of uebench's named protocols names its method and
+        countermeasure as typed on the command line; a record stores them with the protocol's
+        options filled in, so the reference's specs are resolved the same way first.
+        """
+        method, defense = self.method, self.defense
+        if self.protocol:
+            from uebench.grid.protocols import protocol_names, resolve_protocol
+
+            if self.protocol in protocol_names():
+                protocol = resolve_protocol(self.protocol, self.dataset)
+                method, defense = protocol.method_spec(method), protocol.defense_spec(defense)
         return {
             "_key_dataset": spec_key("dataset", self.dataset),
-            "_key_method": spec_key("method", self.method),
-            "_key_defense": spec_key("defense", self.defense),
+            "_key_method": spec_key("method", method),
+            "_key_defense": spec_key("defense", defense),
             "_key_arch": spec_key("arch", self.arch),
         }
 
