@@ -31,7 +31,7 @@ class CountedNoise(Method):
         Path(self.folder).mkdir(parents=True, exist_ok=True)
         (Path(self.folder) / f"seed{self.seed}-{uuid.uuid4().hex}").write_text(str(os.getpid()))
         generator = torch.Generator().manual_seed(self.seed)
-        delta = (torch.rand(len(data.y_train), *data.image_shape, generator=generator) * 2 - 1)
+        delta = torch.rand(len(data.y_train), *data.image_shape, generator=generator) * 2 - 1
         return Poison(delta * self.eps, torch.arange(len(data.y_train)), self.eps)
 
 

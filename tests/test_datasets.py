@@ -342,7 +342,6 @@ def test_cluttered_digits_is_a_deterministic_rgb_set() -> None:
         load_dataset("cluttered-digits:size=4")
 
 
-
 def test_cluttered_digits_tests_on_unseen_glyphs() -> None:
     """Every copy of a source glyph lands on one side of the split, so the test set measures
     unseen handwriting; the earlier image split (kept as ``split=image`` to reproduce old
