@@ -2,8 +2,8 @@
 
     python benchmarks/threads.py [--steps 30]
 
-Times training steps of the mini protocol's victim (ResNet-18 at width 16, batch 128 of 16-px
-images) with 1 thread and with one thread per core, first on an otherwise idle machine, then
+Times training steps of the mini protocol's victim on the embedded default (``smallcnn`` at
+width 16, batch 128 of 16-px images) with 1 thread and with one thread per core, first on an otherwise idle machine, then
 while a neighbour process (another torch job at its default thread count) keeps the cores
 busy.  It also prints the thread count uebench's default (``uebench.grid.threads``) chooses in
 each situation.  Run it on an idle machine: it makes its own neighbour.
@@ -19,7 +19,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from uebench.archs import resnet18
+from uebench.archs import smallcnn
 from uebench.grid.threads import choose_threads, usable_cores
 
 
@@ -33,7 +33,7 @@ def neighbour(stop: Any) -> None:
 def step_time(threads: int, steps: int) -> float:
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    model = resnet18(10, (3, 16, 16), width=16)
+    model = smallcnn(10, (3, 16, 16), width=16)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     x, y = torch.rand(128, 3, 16, 16), torch.randint(0, 10, (128,))
     for _ in range(3):  # warm-up

@@ -83,3 +83,30 @@ def test_cache_hits_on_second_use_and_reports_corruption(tmp_path):
     cache.path("k").write_bytes(b"\x00" * 10)
     with pytest.raises(UebenchError, match="delete it to recompute"):
         cache.get_or_craft("k", craft)
+
+
+def test_concurrent_requests_for_one_poison_craft_it_once(tmp_path):
+    import threading
+    import time
+
+    calls = []
+
+    def slow_craft():
+        calls.append(1)
+        time.sleep(0.5)  # long enough for the second request to arrive while crafting
+        return _poison()
+
+    results = []
+    workers = [
+        threading.Thread(
+            target=lambda: results.append(PoisonCache(tmp_path).get_or_craft("k", slow_craft))
+        )
+        for _ in range(2)
+    ]
+    for worker in workers:
+        worker.start()
+        time.sleep(0.1)
+    for worker in workers:
+        worker.join()
+    assert len(calls) == 1
+    assert [p.content_hash() for p in results] == [results[0].content_hash()] * 2

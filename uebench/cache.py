@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -140,8 +141,34 @@ class PoisonCache:
         if path.exists():
             self.hits += 1
             return Poison.load(path, cache_entry=True)
-        self.misses += 1
-        poison = craft()
-        poison.meta = {**poison.meta, "cache_key": key}
-        poison.save(path)
+        # Two processes on one grid (claims share its cells) often need the same poison at
+        # once: the second waits for the first's file instead of crafting it again.
+        with _crafting_lock(self.root / f".{key}.lock"):
+            if path.exists():
+                self.hits += 1
+                return Poison.load(path, cache_entry=True)
+            self.misses += 1
+            poison = craft()
+            poison.meta = {**poison.meta, "cache_key": key}
+            poison.save(path)
         return poison
+
+
+@contextlib.contextmanager
+def _crafting_lock(path: Path) -> Iterator[None]:
+    """An exclusive advisory lock on ``path`` (``flock``: the kernel releases it when its holder
+    dies, so a killed crafter never blocks the next run).  Where ``fcntl`` is missing (Windows)
+    nothing is locked and a concurrent run may craft the same poison twice, harmlessly: the
+    content is deterministic and the write atomic."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
