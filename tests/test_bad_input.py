@@ -98,6 +98,16 @@ def test_config_file_values_of_the_wrong_type_are_one_line(
         assert word in message
 
 
+def test_a_bad_config_value_is_rejected_even_when_a_flag_overrides_it(
+    tmp_path: Path, capsys, monkeypatch, no_work
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    config = tmp_path / "grid.toml"
+    config.write_text('epochs = "three"\n')
+    message = one_line_error(capsys, main(["run", "--config", str(config), "--epochs", "1"]))
+    assert "grid.toml" in message and "'three'" in message
+
+
 def test_api_keywords_are_checked_the_same_way() -> None:
     for options, words in (
         ({"epochs": "3"}, ("epochs", "'3'")),

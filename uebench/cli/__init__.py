@@ -118,6 +118,12 @@ def _run(args: argparse.Namespace) -> None:
     from uebench.grid import GridConfig, run_grid, summary
 
     values = read_config_file(args.config) if args.config else {}
+    if values:
+        # A flag overriding a key does not make the file's own value right: check it alone too.
+        try:
+            GridConfig.from_dict(values)
+        except UebenchError as error:
+            raise UebenchError(f"{args.config}: {error}") from None
     flags = {*_RUN_FLAGS, "save_models"}
     values.update({k: v for k, v in vars(args).items() if k in flags and v is not None})
     if args.no_progress:
