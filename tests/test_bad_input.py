@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tiny_cli import TINY_CLI
 
 import uebench.grid.runner as runner
 from uebench.cli import main
@@ -25,21 +26,7 @@ from uebench.poison import Poison
 from uebench.registry import DEFENSES, METHODS
 from uebench.spec import parse_float
 
-TINY = [
-    "--dataset",
-    "digits:size=8",
-    "--archs",
-    "smallcnn:width=4",
-    "--epochs",
-    "1",
-    "--train-size",
-    "200",
-    "--test-size",
-    "100",
-    "--device",
-    "cpu",
-    "--no-progress",
-]
+TINY = [*TINY_CLI, "--no-progress"]
 
 
 @pytest.fixture

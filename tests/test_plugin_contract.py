@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import tomllib
 import torch
+from tiny_cli import TINY_CLI
 
 from uebench.cli import main
 from uebench.countermeasure import TrainSet
@@ -34,22 +35,7 @@ EXAMPLE_FILES = {
     "examples/plugin_package/src/uebench_example_plugins/stripes.py",
     "examples/plugin_package/src/uebench_example_plugins/median_filter.py",
 }
-TINY = [
-    "--dataset",
-    "digits:size=8",
-    "--archs",
-    "smallcnn:width=4",
-    "--epochs",
-    "1",
-    "--train-size",
-    "200",
-    "--test-size",
-    "100",
-    "--device",
-    "cpu",
-    "--threads",
-    "1",
-]
+TINY = [*TINY_CLI, "--threads", "1"]
 
 
 def test_the_docs_show_the_example_files_byte_for_byte():

@@ -27,6 +27,7 @@ import pandas as pd
 import pytest
 import torch
 from test_leaderboard import write_cell
+from tiny_cli import TINY_CLI
 
 import uebench
 from uebench.cache import PoisonCache, method_identity, poison_key, spec_plugins
@@ -51,22 +52,7 @@ from uebench.registry import METHODS
 from uebench.training import TrainConfig
 
 #: The conftest ``tiny_grid`` settings as ``uebench run`` flags.
-TINY = [
-    "--dataset",
-    "digits:size=8",
-    "--archs",
-    "smallcnn:width=4",
-    "--epochs",
-    "1",
-    "--train-size",
-    "200",
-    "--test-size",
-    "100",
-    "--device",
-    "cpu",
-    "--threads",
-    "1",
-]
+TINY = [*TINY_CLI, "--threads", "1"]
 
 
 def dead_pid() -> int:
