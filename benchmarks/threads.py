@@ -3,10 +3,11 @@
     python benchmarks/threads.py [--steps 30]
 
 Times training steps of the mini protocol's victim on the embedded default (``smallcnn`` at
-width 16, batch 128 of 16-px images) with 1 thread and with one thread per core, first on an otherwise idle machine, then
-while a neighbour process (another torch job at its default thread count) keeps the cores
-busy.  It also prints the thread count uebench's default (``uebench.grid.threads``) chooses in
-each situation.  Run it on an idle machine: it makes its own neighbour.
+width 16, batch 128 of 16-px images) with 1 thread and with one thread per core, first on an
+otherwise idle machine, then while a neighbour process (another torch job at its default
+thread count) keeps the cores busy.  It also prints the thread count uebench's default
+(``uebench.grid.threads``) chooses in each situation.  Run it on an idle machine: it makes its
+own neighbour.
 """
 
 from __future__ import annotations

@@ -8,18 +8,17 @@ perturbation per class, crafted by sign-gradient *ascent* on a stratified 20% su
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 import torchattacks
 
-from uebench.crafting import crafting_set
+from uebench.crafting import crafting_set, trained_source
 from uebench.data import ImageData
 from uebench.method import CraftContext, Method, check_eps, check_fraction
 from uebench.poison import Poison
-from uebench.training import autocast, train
+from uebench.training import autocast
 
 
 class ErrorMaximizing(Method):
@@ -56,17 +55,8 @@ class ErrorMaximizing(Method):
         started = time.perf_counter()
         torch.manual_seed(self.seed)
         generator = torch.Generator().manual_seed(self.seed)
-        model = ctx.build_model(self.source, data)
         epochs = self.source_epochs or ctx.train_config.epochs
-        train(
-            model,
-            data.x_train,
-            data.y_train,
-            replace(ctx.train_config, epochs=epochs),
-            ctx.device,
-            generator=generator,
-        )
-        model.eval()
+        model = trained_source(self.source, data, ctx, epochs, generator)
         crafting, x, y = crafting_set(data, self.subset, self.seed, ctx.device)
         if self.form == "sample":
             bank = torch.zeros(len(data.y_train), *data.image_shape)

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import replace
 from typing import Literal
 
 import kornia.augmentation as K
@@ -35,12 +34,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from uebench.crafting import accuracy_under_noise, crafting_set, minimize_error
+from uebench.crafting import (
+    accuracy_under_noise,
+    crafting_set,
+    minimize_error,
+    trained_source,
+)
 from uebench.data import ImageData
 from uebench.errors import UebenchError
 from uebench.method import CraftContext, Method, check_eps
 from uebench.poison import Poison, Surrogate
-from uebench.training import autocast, train
+from uebench.training import autocast
 
 
 def differentiable_shift_and_flip() -> nn.Module:
@@ -105,17 +109,8 @@ class TargetedAdversarialPoisoning(Method):
         started = time.perf_counter()
         torch.manual_seed(self.seed)
         generator = torch.Generator().manual_seed(self.seed)
-        model = ctx.build_model(self.source, data)
         epochs = self.source_epochs if self.source_epochs is not None else ctx.train_config.epochs
-        train(
-            model,
-            data.x_train,
-            data.y_train,
-            replace(ctx.train_config, epochs=epochs),
-            ctx.device,
-            generator=generator,
-        )
-        model.eval()
+        model = trained_source(self.source, data, ctx, epochs, generator)
         _, x, y = crafting_set(data, 1.0, self.seed, ctx.device)  # the whole set, in order
         mapping = target_classes(data.num_classes, self.targets, generator)
         target = mapping.to(ctx.device)[y]

@@ -110,3 +110,13 @@ def test_concurrent_requests_for_one_poison_craft_it_once(tmp_path):
         worker.join()
     assert len(calls) == 1
     assert [p.content_hash() for p in results] == [results[0].content_hash()] * 2
+
+
+def test_the_same_config_crafts_the_same_poison_hash():
+    import uebench
+
+    data = uebench.load("digits:size=8", train_size=100, test_size=50)
+    spec = "emax:source=[smallcnn:width=4]:source_epochs=1"
+    first, second = (uebench.craft(spec, data, device="cpu") for _ in range(2))
+    assert first.meta["craft_seconds"] != second.meta["craft_seconds"]  # timing is recorded
+    assert first.content_hash() == second.content_hash()

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -18,7 +19,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from uebench.data import ImageData, stratified_indices, to_float
-from uebench.training import autocast, standard_augmentation
+from uebench.training import autocast, standard_augmentation, train
+
+if TYPE_CHECKING:
+    from uebench.method import CraftContext
 
 
 @dataclass
@@ -268,6 +272,24 @@ def alternate(
             on_round(rounds, error)
     bar.close()
     return rounds, error
+
+
+def trained_source(
+    spec: str, data: ImageData, ctx: CraftContext, epochs: int, generator: torch.Generator
+) -> nn.Module:
+    """The source model ``spec`` trained on the clean training set as the victim would be
+    (``ctx``'s training config, ``epochs`` epochs), in eval mode: what error-maximizing and
+    targeted adversarial noise attack."""
+    model = ctx.build_model(spec, data)
+    train(
+        model,
+        data.x_train,
+        data.y_train,
+        replace(ctx.train_config, epochs=epochs),
+        ctx.device,
+        generator=generator,
+    )
+    return model.eval()
 
 
 def crafting_set(

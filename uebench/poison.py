@@ -28,6 +28,10 @@ from uebench.errors import UebenchError
 from uebench.liveness import writer_tag
 from uebench.threat import ThreatModel
 
+#: Metadata a method records about the run that crafted a poison rather than about the noise;
+#: left out of :meth:`Poison.content_hash`.
+VOLATILE_META = frozenset({"craft_seconds"})
+
 
 class _SurrogateMismatch(Exception):
     """A saved surrogate whose weights no longer match their hash."""
@@ -174,7 +178,10 @@ class Poison:
         threat: ThreatModel = self.threat  # type: ignore[assignment]
         # L∞ poisons hash as they did before threat models existed, so their hashes hold.
         budget = {"eps": self.eps} if threat.norm == "linf" else {"threat": threat.as_dict()}
-        digest.update(json.dumps({**budget, "meta": self.meta}, sort_keys=True).encode())
+        # How long crafting took is not what was crafted: with it, the same config on another
+        # run or machine would cite a different hash for the same noise.
+        meta = {k: v for k, v in self.meta.items() if k not in VOLATILE_META}
+        digest.update(json.dumps({**budget, "meta": meta}, sort_keys=True).encode())
         return digest.hexdigest()
 
     def save(self, path: str | Path) -> None:
