@@ -109,10 +109,14 @@ def test_field_sources_name_registered_methods_and_countermeasures(source):
 
 
 def test_mini_references_carry_their_command_and_run_in_ci():
-    for ref in load_references("uebench-mini"):
+    references = load_references("uebench-mini")
+    for ref in references:
         assert ref.command.startswith("uebench run ")
-        assert not ref.marks  # fast CPU cases: not deselected by default
         assert ref.std is not None and ref.n >= 3  # the measured seed spread behind the tolerance
+    # Every noise row runs by default; the clean row may be slow, since the headline test
+    # already checks clean training on the same dataset and protocol in every CI run.
+    assert all(not ref.marks for ref in references if ref.method != "clean")
+    assert any(ref.method != "clean" for ref in references)
 
 
 @pytest.mark.skipif(not PAPER.exists(), reason="the paper text is not on this machine")
