@@ -72,6 +72,7 @@ def main() -> None:
     parser.add_argument("--out", default="runs/field-table")
     parser.add_argument("--workers", type=int, default=2, help="uebench processes, 1 thread each")
     args = parser.parse_args()
+
     def command(methods: str) -> list[str]:
         return [
             sys.executable, "-c", "import sys; from uebench.cli import main; sys.exit(main())",

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import inspect
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -126,3 +128,20 @@ def test_registry_resolves_options():
         registry.resolve("resnet18:stem=tiny")
     model = resolved.build(10, (3, 16, 16))
     assert n_params(model) < 200_000
+
+
+def test_a_grid_process_does_not_pay_for_torchvision_or_scipy_stats():
+    """Every process (the CLI, each Ray worker) imports uebench and trains a small network;
+    torchvision.models (torch._dynamo) and scipy.stats cost it seconds and only densenet121 and
+    certification need them, so they are imported where used."""
+    script = (
+        "import sys, uebench, uebench.grid.ray_backend, uebench.certify\n"
+        "from uebench.registry import ARCHS\n"
+        "ARCHS.build('smallcnn', 10, (1, 16, 16))\n"
+        "ARCHS.build('resnet18:width=4', 10, (3, 32, 32))\n"
+        "print(sorted(m for m in ('torchvision', 'scipy.stats') if m in sys.modules))\n"
+    )
+    found = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    ).stdout
+    assert found.strip() == "[]"

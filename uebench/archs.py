@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-import torchvision
 from torch import nn
 
 from uebench.errors import UebenchError
@@ -196,6 +195,10 @@ def densenet121(
             f"densenet121 with the {kind} stem needs inputs of at least {minimum}×{minimum}, "
             f"got {in_shape[1]}×{in_shape[2]}"
         )
+    # Imported here: torchvision.models pulls in torch._dynamo (a second of start-up for every
+    # process, each Ray worker included) and only this architecture needs it.
+    import torchvision
+
     model = torchvision.models.DenseNet(
         growth_rate=max(1, width // 2),
         block_config=(6, 12, 24, 16),

@@ -189,7 +189,8 @@ def cell_task(
     """(Ray task) Run one cell on the poison the driver handed over; return its record (and
     the trained model's file bytes when asked: the driver writes every file)."""
     _install(plugins)
-    tracker.start.remote(cell.cell_id)
+    if tracker is not None:
+        tracker.start.remote(cell.cell_id)
     with torch_threads(threads), tempfile.TemporaryDirectory() as folder:
         model_path = Path(folder) / "model.pt" if save_model else None
         record = run_cell(cell, False, model_path, crafted=crafted, data=data)
@@ -422,7 +423,8 @@ def _run(
     options = {**resources.options(), "max_retries": MAX_RETRIES, "retry_exceptions": False}
     craft = ray.remote(craft_task).options(num_returns=2, **options)
     run = ray.remote(cell_task).options(**options)
-    tracker = ray.remote(num_cpus=0)(_started_tracker()).remote()
+    # The tracker only feeds the bar; without one it would still cost a worker process.
+    tracker = ray.remote(num_cpus=0)(_started_tracker()).remote() if config.progress else None
     plan = _Plan(ray, todo, resources, ray.put(_runtime_plugins()), craft)
     if config.progress:
         tqdm.write(
