@@ -21,7 +21,7 @@ of each: all ratios of times measured in this one run.  On a 2-core machine the 
 Why 16 cells and repeats: the grid is 17 tasks of about one cell's length (16 cells and one
 error-minimizing crafting; the other poisons take a fraction of a second), so 2 workers can at
 best finish in 9 of the 17 lengths one worker needs (1.89x); the 8-cell grid (``--seeds 0,1``)
-is 9 tasks, 5 of 9 (1.8x).  And this shared virtual machine's speed drifts by 5-10% from minute
+is 9 tasks, 5 of 9 (1.8x).  And this shared virtual machine's speed drifts by up to 15% from minute
 to minute, so one pair of runs can land a ratio anywhere in about ±0.1 of its typical value;
 alternating repeats show that spread, and the best time of each is the least disturbed.
 
