@@ -6,10 +6,19 @@ content-hashed id; a backend runs the cells that have no record yet, and the
 :class:`ResultStore` keeps one JSON record per finished cell plus the derived ``results.csv``.
 """
 
+from uebench.grid.backends import BACKENDS, run_grid
 from uebench.grid.cell import Cell, run_cell
 from uebench.grid.config import GridConfig, parse_seeds
-from uebench.grid.runner import run_grid
 from uebench.grid.store import ResultStore
 from uebench.grid.summary import summary
 
-__all__ = ["Cell", "GridConfig", "ResultStore", "parse_seeds", "run_cell", "run_grid", "summary"]
+__all__ = [
+    "BACKENDS",
+    "Cell",
+    "GridConfig",
+    "ResultStore",
+    "parse_seeds",
+    "run_cell",
+    "run_grid",
+    "summary",
+]

@@ -1,4 +1,5 @@
-"""The Ray backend: a grid's cells as Ray tasks on every core or GPU of one machine or a cluster.
+"""The ``ray`` backend (:mod:`uebench.grid.backends`): a grid's cells as Ray tasks on every
+core or GPU of one machine or a cluster.
 
 The driver (the process running ``uebench run --backend ray``) plans the grid and owns every
 file; workers only compute:
@@ -17,7 +18,7 @@ file; workers only compute:
 * A worker process or node that dies is a system failure: Ray reruns the task (``max_retries``),
   and the cell is recorded once, when its one successful run returns.  An exception raised by a
   cell is not retried (it would raise again): it is reported in one line, the other cells go
-  on, and the grid ends with :class:`~uebench.grid.runner.CellsFailed`.
+  on, and the grid ends with :class:`~uebench.grid.outcome.CellsFailed`.
 
 Ray is imported here only, and only when this backend runs: the base install does not need it.
 """
@@ -43,7 +44,7 @@ from uebench.data import ImageData
 from uebench.errors import UebenchError
 from uebench.grid.cell import Cell, cell_plugins, cell_poison_key, load_cell_data, run_cell
 from uebench.grid.config import GridConfig
-from uebench.grid.runner import CellsFailed, failure_line, grid_table
+from uebench.grid.outcome import CellsFailed, failure_line, grid_table
 from uebench.grid.store import ResultStore
 from uebench.grid.threads import torch_threads
 from uebench.method import CraftContext
@@ -347,7 +348,7 @@ class _Plan:
 def run_grid_ray(config: GridConfig) -> pd.DataFrame:
     """Run every unfinished cell of the grid as Ray tasks; return results.csv as a DataFrame.
 
-    Raises :class:`~uebench.grid.runner.CellsFailed` at the end when cells raised, after every
+    Raises :class:`~uebench.grid.outcome.CellsFailed` at the end when cells raised, after every
     other cell's record is written.
     """
     ray = _import_ray()
