@@ -30,7 +30,7 @@ from test_leaderboard import write_cell
 from tiny_cli import TINY_CLI
 
 import uebench
-from uebench.cache import PoisonCache, method_identity, poison_key, spec_plugins
+from uebench.cache import PoisonCache
 from uebench.cli import main
 from uebench.data import ImageData
 from uebench.errors import UebenchError
@@ -38,6 +38,7 @@ from uebench.grid import GridConfig, ResultStore, run_grid, summary
 from uebench.grid import runner as runner_module
 from uebench.grid import store as store_module
 from uebench.grid.cell import Cell, spec_poison
+from uebench.identity import method_identity, poison_key, spec_plugins
 from uebench.leaderboard import (
     NEAR_CHANCE_STATUS,
     board_markdown,

@@ -24,6 +24,7 @@ from typing import Any
 import pandas as pd
 
 from uebench.errors import UebenchError
+from uebench.identity import defense_identity, method_identity, plugin_identity
 from uebench.poison import atomic_write
 from uebench.spec import parse_spec
 from uebench.threat import ThreatModel
@@ -173,9 +174,7 @@ def spec_key(kind: str, spec: str) -> str:
 
 def _canonical(kind: str, spec: str) -> Any:
     """The identity a cell records for ``spec`` (``config.identity``), the plugin's code
-    included for outside plugins (:func:`uebench.cache.plugin_identity`)."""
-    from uebench.cache import defense_identity, method_identity, plugin_identity
-
+    included for outside plugins (:func:`uebench.identity.plugin_identity`)."""
     if kind == "method":
         return method_identity(spec)
     if kind == "defense":

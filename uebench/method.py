@@ -19,7 +19,9 @@ from tqdm.auto import tqdm
 from uebench.cache import PoisonCache
 from uebench.data import ImageData
 from uebench.errors import UebenchError
+from uebench.identity import poison_key
 from uebench.poison import Poison
+from uebench.registry import ARCHS, METHODS
 from uebench.threat import ThreatModel
 from uebench.training import TrainConfig
 
@@ -41,9 +43,6 @@ class CraftContext:
         Composite methods (mixtures, transfer) build on other methods' poisons this way, so a
         noise set crafted once is shared by every method and cell that uses it.
         """
-        from uebench.cache import poison_key
-        from uebench.registry import METHODS
-
         build = lambda: craft_within_threat(  # noqa: E731
             METHODS.resolve(method).without_common().build(), data, self, method
         )
@@ -54,8 +53,6 @@ class CraftContext:
 
     def build_model(self, arch: str, data: ImageData) -> nn.Module:
         """A fresh source model from an architecture spec such as ``resnet18:width=16``."""
-        from uebench.registry import ARCHS
-
         return ARCHS.build(arch, data.num_classes, data.image_shape).to(self.device)
 
     def bar(self, total: int | None, desc: str) -> tqdm:

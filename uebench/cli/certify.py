@@ -141,8 +141,8 @@ def _folder_hint(folder: Path) -> str:
 
 def cell_target(path: Path, which: str = "victim", test_size: int | None = None) -> Target:
     """A grid cell's saved victim (``which="victim"``) or its poison's crafting surrogate."""
-    from uebench.cache import poison_key
     from uebench.grid.cell import load_cell_data
+    from uebench.identity import poison_key
     from uebench.registry import ARCHS
 
     try:

@@ -15,8 +15,13 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from uebench.cache import (
-    PoisonCache,
+from uebench.cache import PoisonCache
+from uebench.countermeasure import TrainingContext, TrainSet, build_countermeasure
+from uebench.data import ImageData
+from uebench.diagnostics import backdoor_success_rate, per_class_accuracy
+from uebench.errors import plugin_errors
+from uebench.grid.protocols import resolve_protocol
+from uebench.identity import (
     cache_key,
     defense_identity,
     method_identity,
@@ -24,11 +29,6 @@ from uebench.cache import (
     poison_key,
     spec_plugins,
 )
-from uebench.countermeasure import TrainingContext, TrainSet, build_countermeasure
-from uebench.data import ImageData
-from uebench.diagnostics import backdoor_success_rate, per_class_accuracy
-from uebench.errors import plugin_errors
-from uebench.grid.protocols import resolve_protocol
 from uebench.method import CraftContext
 from uebench.poison import Poison, atomic_write
 from uebench.registry import ARCHS, METHODS

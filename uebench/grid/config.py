@@ -15,11 +15,11 @@ from typing import Any
 
 import numpy as np
 
-from uebench.cache import method_identity
 from uebench.countermeasure import build_countermeasure
 from uebench.errors import UebenchError, plugin_errors
 from uebench.grid.cell import Cell
 from uebench.grid.protocols import Protocol, resolve_protocol
+from uebench.identity import method_identity
 from uebench.registry import ARCHS, METHODS
 from uebench.spec import split_list
 from uebench.training import TrainConfig, resolve_device

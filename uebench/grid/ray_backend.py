@@ -39,7 +39,7 @@ from typing import Any
 import pandas as pd
 from tqdm.auto import tqdm
 
-from uebench.cache import NESTED_SPECS, PoisonCache, poison_key
+from uebench.cache import PoisonCache
 from uebench.data import ImageData
 from uebench.errors import UebenchError
 from uebench.grid.cell import Cell, cell_plugins, cell_poison_key, load_cell_data, run_cell
@@ -47,6 +47,7 @@ from uebench.grid.config import GridConfig
 from uebench.grid.outcome import CellsFailed, failure_line, grid_table
 from uebench.grid.store import ResultStore
 from uebench.grid.threads import torch_threads
+from uebench.identity import NESTED_SPECS, poison_key
 from uebench.method import CraftContext
 from uebench.poison import Poison, atomic_write
 from uebench.registry import METHODS, REGISTRIES
