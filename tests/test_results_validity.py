@@ -34,10 +34,11 @@ from uebench.cache import PoisonCache
 from uebench.cli import main
 from uebench.data import ImageData
 from uebench.errors import UebenchError
+from uebench.files import atomic_write, remove_stale_temporaries, this_host
 from uebench.grid import GridConfig, ResultStore, run_grid, summary
 from uebench.grid import runner as runner_module
 from uebench.grid import store as store_module
-from uebench.grid.cell import Cell, spec_poison
+from uebench.grid.cell import Cell
 from uebench.identity import method_identity, poison_key, spec_plugins
 from uebench.leaderboard import (
     NEAR_CHANCE_STATUS,
@@ -46,10 +47,9 @@ from uebench.leaderboard import (
     near_chance,
     pivot,
 )
-from uebench.liveness import remove_stale_temporaries, this_host
-from uebench.poison import atomic_write
 from uebench.references import Reference, compare
 from uebench.registry import METHODS
+from uebench.scenarios import spec_poison
 from uebench.training import TrainConfig
 
 #: The conftest ``tiny_grid`` settings as ``uebench run`` flags.

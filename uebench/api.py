@@ -16,9 +16,9 @@ import pandas as pd
 
 from uebench.data import ImageData
 from uebench.grid import GridConfig, run_grid
-from uebench.grid.cell import spec_poison
 from uebench.method import CraftContext
 from uebench.poison import Poison
+from uebench.scenarios import spec_poison
 from uebench.training import TrainConfig, resolve_device
 
 

@@ -7,7 +7,7 @@ import contextlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from uebench.liveness import remove_stale_temporaries
+from uebench.files import remove_stale_temporaries
 from uebench.poison import Poison
 
 

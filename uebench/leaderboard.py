@@ -24,8 +24,8 @@ from typing import Any
 import pandas as pd
 
 from uebench.errors import UebenchError
+from uebench.files import atomic_write
 from uebench.identity import defense_identity, method_identity, plugin_identity
-from uebench.poison import atomic_write
 from uebench.spec import parse_spec
 from uebench.threat import ThreatModel
 

@@ -18,8 +18,8 @@ import numpy as np
 import pandas as pd
 
 from uebench.errors import UebenchError
+from uebench.files import atomic_write
 from uebench.leaderboard import cells_frame, pivot
-from uebench.poison import atomic_write
 
 _DPI = 110
 

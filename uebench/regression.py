@@ -19,6 +19,7 @@ start-up (this project's ``tests/conftest.py``).  Then:
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import dataclasses
 import hashlib
@@ -35,6 +36,7 @@ import pandas as pd
 import pytest
 
 from uebench.errors import UebenchError
+from uebench.grid.config import GridConfig, add_run_flags, run_values
 from uebench.leaderboard import cells_frame, read_records, spec_key
 from uebench.references import (
     SUFFIXES,
@@ -66,8 +68,6 @@ def grid_config(reference: Reference, data_root: str | None = None, device: str 
     """The :class:`~uebench.runner.GridConfig` that measures ``reference``: its command restricted
     to its own cell (same cell ids as the full command), or, without a command, one seed of the
     cell at the record's epochs and sizes."""
-    from uebench.grid import GridConfig
-
     if reference.command:
         values = _command_values(reference)
         for key, kind in (("methods", "method"), ("defenses", "defense"), ("archs", "arch")):
@@ -107,21 +107,21 @@ def grid_config(reference: Reference, data_root: str | None = None, device: str 
 
 
 def _command_values(reference: Reference) -> dict[str, Any]:
-    from uebench.cli import _parser, read_config_file
-    from uebench.grid import GridConfig
-
+    """The GridConfig values of the record's ``uebench run`` command (its config file's, with
+    its flags on top), read as ``uebench run`` reads them."""
     argv = shlex.split(reference.command)[1:]
     errors = io.StringIO()
     try:
+        if argv[:1] != ["run"]:
+            raise UebenchError("its command is not a `uebench run` command")
+        parser = argparse.ArgumentParser(prog="uebench run")
+        add_run_flags(parser)
         with contextlib.redirect_stderr(errors):
-            args = _parser().parse_args(argv)
+            args = parser.parse_args(argv[1:])
     except SystemExit:
         why = (errors.getvalue().strip().splitlines() or ["cannot parse it"])[-1]
         raise UebenchError(f"its command is not a valid uebench command ({why})") from None
-    known = {f.name for f in dataclasses.fields(GridConfig)}
-    values = read_config_file(args.config) if getattr(args, "config", None) else {}
-    values.update({k: v for k, v in vars(args).items() if k in known and v is not None})
-    return values
+    return run_values(args)
 
 
 # --- measuring and judging ---------------------------------------------------------------------

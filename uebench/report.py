@@ -18,6 +18,7 @@ import pandas as pd
 
 from uebench import plots
 from uebench.errors import UebenchError
+from uebench.files import atomic_write
 from uebench.leaderboard import (
     NEAR_CHANCE_STATUS,
     aggregate,
@@ -28,7 +29,6 @@ from uebench.leaderboard import (
     read_records,
     text_pivot,
 )
-from uebench.poison import atomic_write
 from uebench.references import compare, load_references
 
 FORMATS = ("html", "md")

@@ -95,8 +95,8 @@ def _leaderboard(args: argparse.Namespace) -> None:
 def _compare(args: argparse.Namespace) -> None:
     import pandas as pd
 
+    from uebench.files import atomic_write
     from uebench.leaderboard import NEAR_CHANCE_STATUS, cells_frame, markdown_table, read_records
-    from uebench.poison import atomic_write
     from uebench.references import compare, load_references
 
     references = load_references(*args.reference)

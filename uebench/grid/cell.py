@@ -20,6 +20,7 @@ from uebench.countermeasure import TrainingContext, TrainSet, build_countermeasu
 from uebench.data import ImageData
 from uebench.diagnostics import backdoor_success_rate, per_class_accuracy
 from uebench.errors import plugin_errors
+from uebench.files import atomic_write
 from uebench.grid.protocols import resolve_protocol
 from uebench.identity import (
     cache_key,
@@ -30,9 +31,9 @@ from uebench.identity import (
     spec_plugins,
 )
 from uebench.method import CraftContext
-from uebench.poison import Poison, atomic_write
-from uebench.registry import ARCHS, METHODS
-from uebench.scenarios import only_classes, resolve_classes
+from uebench.poison import Poison
+from uebench.registry import ARCHS
+from uebench.scenarios import spec_poison
 from uebench.training import (
     EpochStats,
     TrainConfig,
@@ -120,15 +121,6 @@ def craft_poison(cell: Cell, data: ImageData, progress: bool = True) -> Poison:
 def cell_poison(cell: Cell, crafted: Poison, data: ImageData) -> Poison:
     """The crafted noise restricted to the cell's ``classes=`` (the whole of it otherwise)."""
     return spec_poison(cell.method, crafted, data)
-
-
-def spec_poison(method: str, crafted: Poison, data: ImageData) -> Poison:
-    """``crafted`` restricted to the ``classes=`` the method spec names (all of it otherwise):
-    the harness's part of a spec, shared by the runner and ``uebench.craft``."""
-    classes = METHODS.resolve(method).options.get("classes")
-    if classes:
-        return only_classes(crafted, data.y_train, resolve_classes(classes, data.classes))
-    return crafted
 
 
 def cell_plugins(cell: Cell) -> list[dict[str, Any]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import math
 import numbers
 import os
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import tomllib
 
 from uebench.countermeasure import build_countermeasure
 from uebench.errors import UebenchError, plugin_errors
@@ -23,6 +25,32 @@ from uebench.identity import method_identity
 from uebench.registry import ARCHS, METHODS
 from uebench.spec import split_list
 from uebench.training import TrainConfig, resolve_device
+
+#: The flags of ``uebench run`` with their help: each sets the GridConfig field of its name.
+RUN_FLAGS = {
+    "dataset": "dataset spec (default: cluttered-digits, embedded, offline)",
+    "data_root": "folder holding the dataset files",
+    "methods": "comma-separated method specs, e.g. clean,emin,emin:form=class",
+    "defenses": "comma-separated countermeasure specs, e.g. none,cutmix+earlystop",
+    "archs": "comma-separated architecture specs, e.g. resnet18:width=16",
+    "seeds": "victim training seeds, e.g. 0,1,2 or 0-4",
+    "epochs": "training epochs (default: the paper's for the dataset)",
+    "batch_size": "training batch size (default 128)",
+    "lr": "initial learning rate (default 0.025, the paper's; its code uses 0.1)",
+    "train_size": "stratified subset of the training set",
+    "test_size": "stratified subset of the test set",
+    "device": "auto, cpu or cuda[:N] (default auto)",
+    "out": "results folder (default runs/default)",
+    "cache_dir": "poison cache folder (default: cache/ beside the results folder)",
+    "protocol": "named settings bundle (uebench list protocols; default: the dataset's)",
+    "threads": "torch threads per cell (default: see README, Threads)",
+    "backend": "local (default) or ray",
+    "address": "Ray cluster address: auto or ray://HOST:PORT (default: start a local Ray)",
+    "cpus_per_cell": "Ray: CPUs each cell requests",
+    "gpus_per_cell": "Ray: GPUs each cell requests (default 1 when the cluster has GPUs)",
+}
+_INT_FLAGS = {"epochs", "batch_size", "train_size", "test_size", "threads"}
+_FLOAT_FLAGS = {"lr", "cpus_per_cell", "gpus_per_cell"}
 
 
 @dataclass
@@ -156,6 +184,69 @@ class GridConfig:
         if not cells:
             raise UebenchError("the grid is empty: give at least one method, defense and seed")
         return list(cells.values())
+
+
+def add_run_flags(parser: argparse.ArgumentParser) -> None:
+    """Add ``uebench run``'s flags to ``parser``: ``--config`` and one per :data:`RUN_FLAGS`."""
+    parser.add_argument("--config", help="TOML or YAML file with the same keys; flags override it")
+    for name, text in RUN_FLAGS.items():
+        kind = int if name in _INT_FLAGS else float if name in _FLOAT_FLAGS else str
+        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, help=text)
+    parser.add_argument(
+        "--save-models", action="store_true", default=None, help="keep each trained victim model"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def run_values(args: argparse.Namespace) -> dict[str, Any]:
+    """The GridConfig values of parsed ``uebench run`` flags: the ``--config`` file's, with the
+    flags given on top (:func:`merge_config`)."""
+    flags = {key: value for key, value in vars(args).items() if key in {*RUN_FLAGS, "save_models"}}
+    values = merge_config(getattr(args, "config", None), flags)
+    if getattr(args, "no_progress", False):
+        values["progress"] = False
+    return values
+
+
+def merge_config(path: str | None, flags: Mapping[str, Any]) -> dict[str, Any]:
+    """A config file's values (none without ``path``) with every flag that is not None over
+    them: how ``uebench run`` and a reference's command read a file and flags."""
+    values = read_config_file(path) if path else {}
+    if values:
+        # A flag overriding a key does not make the file's own value right: check it alone too.
+        try:
+            GridConfig.from_dict(values)
+        except UebenchError as error:
+            raise UebenchError(f"{path}: {error}") from None
+    values.update({key: value for key, value in flags.items() if value is not None})
+    return values
+
+
+def read_config_file(path: str) -> dict[str, Any]:
+    """A grid config from TOML (``.toml``) or YAML (``.yaml``/``.yml``)."""
+    file = Path(path)
+    try:
+        text = file.read_text()
+    except OSError as error:
+        raise UebenchError(f"cannot read config {path}: {error.strerror}") from None
+    try:
+        if file.suffix == ".toml":
+            values = tomllib.loads(text)
+        elif file.suffix in {".yaml", ".yml"}:
+            import yaml
+
+            values = yaml.safe_load(text) or {}
+        else:
+            raise UebenchError(f"config {path} must end in .toml, .yaml or .yml")
+    except (tomllib.TOMLDecodeError, ValueError) as error:
+        raise UebenchError(f"config {path} is not valid: {str(error).splitlines()[0]}") from None
+    except Exception as error:  # yaml's errors are many classes; all mean a malformed file
+        if isinstance(error, UebenchError):
+            raise
+        raise UebenchError(f"config {path} is not valid: {str(error).splitlines()[0]}") from None
+    if not isinstance(values, dict):
+        raise UebenchError(f"config {path} must be a mapping of keys to values")
+    return values.get("run", values) if isinstance(values.get("run"), dict) else values
 
 
 def _first(value: Any, fallback: Any) -> Any:

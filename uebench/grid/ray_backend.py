@@ -42,6 +42,7 @@ from tqdm.auto import tqdm
 from uebench.cache import PoisonCache
 from uebench.data import ImageData
 from uebench.errors import UebenchError
+from uebench.files import atomic_write
 from uebench.grid.cell import Cell, cell_plugins, cell_poison_key, load_cell_data, run_cell
 from uebench.grid.config import GridConfig
 from uebench.grid.outcome import CellsFailed, failure_line, grid_table
@@ -49,7 +50,7 @@ from uebench.grid.store import ResultStore
 from uebench.grid.threads import torch_threads
 from uebench.identity import NESTED_SPECS, poison_key
 from uebench.method import CraftContext
-from uebench.poison import Poison, atomic_write
+from uebench.poison import Poison
 from uebench.registry import METHODS, REGISTRIES
 from uebench.training import resolve_device
 from uebench.version import code_version

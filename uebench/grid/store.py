@@ -25,8 +25,7 @@ from typing import Any
 
 import pandas as pd
 
-from uebench.liveness import remove_stale_temporaries, this_host, writer_alive
-from uebench.poison import atomic_write
+from uebench.files import atomic_write, remove_stale_temporaries, this_host, writer_alive
 
 try:  # claims are serialized with flock where there is one (not on Windows)
     import fcntl

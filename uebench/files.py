@@ -1,6 +1,7 @@
-"""Which process left a file behind, and whether it is still alive.
+"""Writing files safely: atomic writes, which process left a file behind and whether it is
+still alive, and the removal of temporary files whose writer died.
 
-Two kinds of file name their writer: the temporary files of :func:`uebench.poison.atomic_write`
+Two kinds of file name their writer: the temporary files of :func:`atomic_write`
 (``.NAME.<pid>@<host>.XXXXXXXX.tmp``) and the claim files of
 :meth:`uebench.grid.store.ResultStore.claim`.  A writer on this host is alive when its pid is;
 a writer on another host cannot be asked, so only the file's age can say it is gone.
@@ -12,8 +13,10 @@ import functools
 import os
 import re
 import socket
+import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 #: A temporary file of a writer that cannot be asked (another host, a reused pid, a name from
 #: before writers were tagged) is removed once it is this old.  An atomic write lasts from
@@ -79,3 +82,29 @@ def remove_stale_temporaries(
         except OSError:  # gone already (another process cleaned it) or not ours to delete
             continue
     return removed
+
+
+def atomic_write(path: Path, write: Any, mode: str = "wb") -> None:
+    """Write through a temporary file in the same folder and rename it into place.
+
+    The temporary file, ``.NAME.<pid>@<host>.XXXXXXXX.tmp``, names its writer, so a folder's
+    owner can remove those of writers killed mid-write
+    (:func:`remove_stale_temporaries`).
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(
+        dir=path.parent, prefix=f".{path.name}.{writer_tag()}.", suffix=".tmp"
+    )
+    try:
+        # mkstemp creates the file 0600; give it the mode a plain open() would (0666 & ~umask).
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)
+        with os.fdopen(handle, mode) as stream:
+            write(stream)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
