@@ -11,7 +11,6 @@ at run time (e.g. ``num_classes``).  Built-ins and third-party packages register
 from __future__ import annotations
 
 import inspect
-import types
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,10 +18,8 @@ from importlib.metadata import entry_points
 from typing import Any
 
 from uebench.errors import UebenchError
-from uebench.spec import Spec, parse_float, parse_spec
-
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off"}
+from uebench.options import convert
+from uebench.spec import Spec, parse_spec
 
 
 @dataclass(frozen=True)
@@ -53,46 +50,6 @@ def _jsonable(value: Any) -> Any:
         return {k: _jsonable(v) for k, v in sorted(value.items())}
     if isinstance(value, (list, tuple)):
         return [_jsonable(v) for v in value]
-    return value
-
-
-def _convert(value: str, annotation: Any, where: str) -> Any:
-    origin = typing.get_origin(annotation)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(annotation) if a is not type(None)]
-        if value.lower() in {"none", "null", ""} and len(args) < len(typing.get_args(annotation)):
-            return None
-        errors = []
-        for arg in args:
-            try:
-                return _convert(value, arg, where)
-            except UebenchError as error:
-                errors.append(str(error))
-        raise UebenchError(errors[0])
-    if origin is typing.Literal:
-        allowed = typing.get_args(annotation)
-        if value not in allowed:
-            raise UebenchError(f"{where}: {value!r} is not one of {', '.join(map(str, allowed))}")
-        return value
-    if origin is tuple:
-        (item_type, *_) = typing.get_args(annotation) or (str,)
-        return tuple(_convert(v, item_type, where) for v in value.split(",") if v.strip())
-    if annotation is bool:
-        if value.lower() in _TRUE:
-            return True
-        if value.lower() in _FALSE:
-            return False
-        raise UebenchError(f"{where}: {value!r} is not a boolean (true/false)")
-    if annotation is int:
-        try:
-            return int(value)
-        except ValueError:
-            raise UebenchError(f"{where}: {value!r} is not an integer") from None
-    if annotation is float:
-        try:
-            return parse_float(value)
-        except UebenchError as error:
-            raise UebenchError(f"{where}: {error}") from None
     return value
 
 
@@ -179,7 +136,7 @@ class Registry:
         for key, param in params.items():
             if key in given:
                 where = f"{spec.text}: {key}"
-                options[key] = _convert(given[key], hints.get(key, str), where)
+                options[key] = convert(given[key], hints.get(key, str), where, text=True)
             elif param.default is inspect.Parameter.empty:
                 raise UebenchError(f"{self.kind} {spec.name!r} needs option {key!r}")
             elif key not in common:  # unset common options stay out, so old hashes hold

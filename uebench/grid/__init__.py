@@ -8,9 +8,10 @@ content-hashed id; a backend runs the cells that have no record yet, and the
 
 from uebench.grid.backends import BACKENDS, run_grid
 from uebench.grid.cell import Cell, run_cell
-from uebench.grid.config import GridConfig, parse_seeds
+from uebench.grid.config import GridConfig
 from uebench.grid.store import ResultStore
 from uebench.grid.summary import summary
+from uebench.options import parse_seeds
 
 __all__ = [
     "BACKENDS",

@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import math
-import numbers
 import os
 import tempfile
-import types
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import tomllib
 
 from uebench.countermeasure import build_countermeasure
@@ -22,8 +18,8 @@ from uebench.errors import UebenchError, plugin_errors
 from uebench.grid.cell import Cell
 from uebench.grid.protocols import Protocol, resolve_protocol
 from uebench.identity import method_identity
+from uebench.options import convert
 from uebench.registry import ARCHS, METHODS
-from uebench.spec import split_list
 from uebench.training import TrainConfig, resolve_device
 
 #: The flags of ``uebench run`` with their help: each sets the GridConfig field of its name.
@@ -91,7 +87,9 @@ class GridConfig:
         hints = typing.get_type_hints(type(self))
         for spec in fields(self):
             value = getattr(self, spec.name)
-            setattr(self, spec.name, _checked(spec.name, value, hints[spec.name], spec.metadata))
+            setattr(
+                self, spec.name, convert(value, hints[spec.name], spec.name, bounds=spec.metadata)
+            )
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> GridConfig:
@@ -253,99 +251,6 @@ def _first(value: Any, fallback: Any) -> Any:
     return value if value is not None else fallback
 
 
-def _checked(key: str, value: Any, annotation: Any, bounds: Mapping[str, Any]) -> Any:
-    """``value`` as a value of ``annotation`` (``int | None``, ``list[str]``, ...) within
-    ``bounds`` (``min``, ``above``), or a one-line error naming the key, value and expectation.
-
-    Lists may also be given as comma-separated strings (seeds also as ranges, ``0-4``);
-    booleans must be real booleans; integers may not be floats with a fraction; floats must be
-    finite.
-    """
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        if value is None:
-            return None
-        (annotation,) = [a for a in typing.get_args(annotation) if a is not type(None)]
-    if typing.get_origin(annotation) is list:
-        (item_type,) = typing.get_args(annotation)
-        items = _as_list(key, value, item_type)
-        return [_checked_item(key, item, item_type, bounds, in_list=True) for item in items]
-    return _checked_item(key, value, annotation, bounds)
-
-
-def _as_list(key: str, value: Any, item_type: type) -> list[Any]:
-    kind = "integers" if item_type is int else "specs"
-    if isinstance(value, str):
-        items = parse_seeds(value) if item_type is int else split_list(value)
-    elif isinstance(value, (list, tuple)):
-        items = list(value)
-        if item_type is str:
-            for item in items:
-                _checked_item(key, item, str, {}, in_list=True)
-            items = split_list(items)
-    elif item_type is int and _is_int(value):
-        items = [value]
-    else:
-        raise UebenchError(
-            f"{key}: expected a list of {kind} or a comma-separated string, got {value!r}"
-        )
-    if not items:
-        raise UebenchError(f"{key} is empty: give at least one {kind[:-1]}")
-    return items
-
-
-def _checked_item(
-    key: str, value: Any, kind: type, bounds: Mapping[str, Any], in_list: bool = False
-) -> Any:
-    where = f"{key}: expected {'every item to be ' if in_list else ''}"
-    if kind is bool:
-        if not isinstance(value, (bool, np.bool_)):  # not "no", 0 or None
-            raise UebenchError(f"{where}true or false, got {value!r}")
-        return bool(value)
-    if kind is str:
-        if isinstance(value, os.PathLike):
-            value = os.fspath(value)
-        if not isinstance(value, str):
-            raise UebenchError(f"{where}a string, got {value!r}")
-        return value
-    if kind is int:
-        if not _is_int(value):
-            raise UebenchError(f"{where}an integer{_bounds_text(bounds)}, got {value!r}")
-        number: int | float = int(value)
-    elif kind is float:
-        number = float(value) if _is_real(value) else math.nan
-        if not math.isfinite(number):
-            raise UebenchError(f"{where}a finite number{_bounds_text(bounds)}, got {value!r}")
-    else:  # pragma: no cover - a field of a type this function does not know
-        raise TypeError(f"GridConfig.{key}: unsupported annotation {kind!r}")
-    low, above = bounds.get("min"), bounds.get("above")
-    if (low is not None and number < low) or (above is not None and number <= above):
-        noun = "an integer" if kind is int else "a finite number"
-        raise UebenchError(f"{where}{noun}{_bounds_text(bounds)}, got {value!r}")
-    return number
-
-
-def _is_real(value: Any) -> bool:
-    """A number (numpy's too), not a bool."""
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
-def _is_int(value: Any) -> bool:
-    """An integer, or a float without a fraction (``3.0`` for 3), not a bool."""
-    if not _is_real(value):
-        return False
-    return isinstance(value, numbers.Integral) or (
-        math.isfinite(value) and float(value).is_integer()
-    )
-
-
-def _bounds_text(bounds: Mapping[str, Any]) -> str:
-    if bounds.get("above") is not None:
-        return f" > {bounds['above']}"
-    if bounds.get("min") is not None:
-        return f" >= {bounds['min']}"
-    return ""
-
-
 def _check_writable(key: str, folder: Path) -> None:
     """Create ``folder`` and write and remove a probe file in it; one line if either fails."""
     # mkdir's own errors for these ("File exists", "Not a directory") do not say which file.
@@ -363,31 +268,3 @@ def _check_writable(key: str, folder: Path) -> None:
         raise UebenchError(
             f"{key}: cannot write to {folder} ({error.strerror or type(error).__name__})"
         ) from None
-
-
-def parse_seeds(value: Any) -> list[int]:
-    """``0,1,2``, ``0-4`` or a list of ints; a reversed range or no seed at all is an error."""
-    if _is_int(value):
-        return [int(value)]
-    if isinstance(value, (list, tuple)):
-        bad = next((v for v in value if not _is_int(v)), None)
-        if bad is not None or not value:
-            raise UebenchError(f"seeds: expected a list of integers, got {list(value)!r}")
-        return [int(v) for v in value]
-    if not isinstance(value, str):
-        raise UebenchError(f"seeds: expected e.g. 0,1,2, 0-4 or a list of integers, got {value!r}")
-    seeds: list[int] = []
-    for part in (part.strip() for part in value.split(",")):
-        try:
-            if "-" in part[1:]:
-                low, high = (int(end) for end in part.split("-", 1))
-                if high < low:
-                    raise UebenchError(f"seeds: the range {part} is reversed; write {high}-{low}")
-                seeds.extend(range(low, high + 1))
-            elif part:
-                seeds.append(int(part))
-        except ValueError:
-            raise UebenchError(f"bad seeds {value!r}; use e.g. 0,1,2 or 0-4") from None
-    if not seeds:
-        raise UebenchError(f"seeds {value!r} names no seed; use e.g. 0,1,2 or 0-4")
-    return seeds
