@@ -40,15 +40,15 @@ from uebench.grid import runner as runner_module
 from uebench.grid import store as store_module
 from uebench.grid.cell import Cell
 from uebench.identity import method_identity, poison_key, spec_plugins
-from uebench.leaderboard import (
+from uebench.registry import METHODS
+from uebench.results.leaderboard import (
     NEAR_CHANCE_STATUS,
     board_markdown,
     leaderboard,
     near_chance,
     pivot,
 )
-from uebench.references import Reference, compare
-from uebench.registry import METHODS
+from uebench.results.references import Reference, compare
 from uebench.scenarios import spec_poison
 from uebench.training import TrainConfig
 
@@ -138,7 +138,7 @@ def test_compare_neither_fails_nor_passes_noise_over_a_near_chance_baseline(blur
         Reference(id="clean-blur", method="clean", defense="blur", value=80.0, **common),
         Reference(id="none", method="emin", defense="none", value=20.0, **common),
     ]
-    from uebench.leaderboard import cells_frame, read_records
+    from uebench.results.leaderboard import cells_frame, read_records
 
     table = compare(references, cells_frame(read_records([blurred]))).set_index("reference")
     assert table.loc["s/blur", "status"] == NEAR_CHANCE_STATUS  # not a win...

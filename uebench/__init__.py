@@ -5,9 +5,9 @@ from uebench.certify import Certificate, certify_model
 from uebench.data import ImageData
 from uebench.errors import UebenchError
 from uebench.poison import Poison, Surrogate
-from uebench.references import Reference, load_references
 from uebench.registry import ARCHS, DATASETS, DEFENSES, METHODS
-from uebench.report import write_report
+from uebench.results.references import Reference, load_references
+from uebench.results.report import write_report
 from uebench.version import __version__
 
 __all__ = [

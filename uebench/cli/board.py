@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from uebench.errors import UebenchError
-from uebench.leaderboard import RANK_BY
+from uebench.results.leaderboard import RANK_BY
 
 
 def register(commands: Any) -> None:
@@ -82,7 +82,7 @@ def _metric_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _leaderboard(args: argparse.Namespace) -> None:
-    from uebench.leaderboard import board_markdown, leaderboard, write_board
+    from uebench.results.leaderboard import board_markdown, leaderboard, write_board
 
     board, _ = leaderboard(args.run_dirs, args.metric)
     if args.out is None:
@@ -96,8 +96,13 @@ def _compare(args: argparse.Namespace) -> None:
     import pandas as pd
 
     from uebench.files import atomic_write
-    from uebench.leaderboard import NEAR_CHANCE_STATUS, cells_frame, markdown_table, read_records
-    from uebench.references import compare, load_references
+    from uebench.results.leaderboard import (
+        NEAR_CHANCE_STATUS,
+        cells_frame,
+        markdown_table,
+        read_records,
+    )
+    from uebench.results.references import compare, load_references
 
     references = load_references(*args.reference)
     table = compare(references, cells_frame(read_records(args.run_dirs)))
@@ -141,7 +146,7 @@ def _compare(args: argparse.Namespace) -> None:
 
 
 def _report(args: argparse.Namespace) -> None:
-    from uebench.report import write_report
+    from uebench.results.report import write_report
 
     out = args.out or str(Path(args.run_dirs[0]) / "report")
     page = write_report(args.run_dirs, out, args.format, args.metric, args.rank_by, args.reference)

@@ -19,7 +19,7 @@ import pandas as pd
 
 from uebench.errors import UebenchError
 from uebench.files import atomic_write
-from uebench.leaderboard import cells_frame, pivot
+from uebench.results.leaderboard import cells_frame, pivot
 
 _DPI = 110
 

@@ -16,10 +16,10 @@ from typing import Any
 
 import pandas as pd
 
-from uebench import plots
 from uebench.errors import UebenchError
 from uebench.files import atomic_write
-from uebench.leaderboard import (
+from uebench.results import plots
+from uebench.results.leaderboard import (
     NEAR_CHANCE_STATUS,
     aggregate,
     cells_frame,
@@ -29,7 +29,7 @@ from uebench.leaderboard import (
     read_records,
     text_pivot,
 )
-from uebench.references import compare, load_references
+from uebench.results.references import compare, load_references
 
 FORMATS = ("html", "md")
 
