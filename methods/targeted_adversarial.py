@@ -26,7 +26,6 @@ the poison (``meta.target_rate`` is how often it predicts the target class on x+
 from __future__ import annotations
 
 import math
-import time
 from typing import Literal
 
 import kornia.augmentation as K
@@ -36,9 +35,8 @@ from torch import nn
 
 from uebench.crafting import (
     accuracy_under_noise,
-    crafting_set,
     minimize_error,
-    trained_source,
+    start_crafting,
 )
 from uebench.data import ImageData
 from uebench.errors import UebenchError
@@ -106,12 +104,12 @@ class TargetedAdversarialPoisoning(Method):
     def craft(self, data: ImageData, ctx: CraftContext) -> Poison:
         if data.num_classes < 2:
             raise UebenchError("tap needs at least 2 classes to push images toward another one")
-        started = time.perf_counter()
-        torch.manual_seed(self.seed)
-        generator = torch.Generator().manual_seed(self.seed)
         epochs = self.source_epochs if self.source_epochs is not None else ctx.train_config.epochs
-        model = trained_source(self.source, data, ctx, epochs, generator)
-        _, x, y = crafting_set(data, 1.0, self.seed, ctx.device)  # the whole set, in order
+        # The whole training set, in order.
+        opening = start_crafting(
+            data, ctx, seed=self.seed, source=self.source, source_epochs=epochs
+        )
+        generator, model, x, y = opening.generator, opening.model, opening.x, opening.y
         mapping = target_classes(data.num_classes, self.targets, generator)
         target = mapping.to(ctx.device)[y]
         seen = nn.Sequential(differentiable_shift_and_flip(), model) if self.augment else model
@@ -149,7 +147,7 @@ class TargetedAdversarialPoisoning(Method):
             "targets": mapping.tolist(),
             "target_loss": best_loss,
             "target_rate": rate,
-            "craft_seconds": time.perf_counter() - started,
+            "craft_seconds": opening.seconds(),
         }
         surrogate = Surrogate.of(model, self.source, data.num_classes, data.image_shape)
         rows = torch.arange(len(data.y_train))
