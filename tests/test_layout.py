@@ -165,6 +165,9 @@ PINNED_POISON_HASHES = {
     f"tap:steps=2:restarts=2:source_epochs=1:batch_size=32:targets=random:{_SOURCE}": (
         "25f085c7b76881e50da727bcaf03794dfd3a3b920a748bd509c9990ac9e3c66e"
     ),
+    f"emin-lbfgs:steps=3:max_rounds=2:model_steps=2:batch_size=32:{_SOURCE}": (
+        "3480acd7eac6149069010e5e4f20b183f0e82e4e27b86d7a56ac7bd6b5a5032c"
+    ),
 }
 
 
@@ -194,3 +197,19 @@ def test_crafted_poisons_are_those_from_before_the_move(spec, tiny_digits):
     method = METHODS.resolve(spec).without_common().build()
     poison = craft_within_threat(method, tiny_digits, ctx, spec)
     assert poison.content_hash() == PINNED_POISON_HASHES[spec]
+
+
+def test_no_method_writes_out_the_crafting_opening():
+    """Seeding torch, building or training the source model, taking the crafting set and
+    making the source model's steps are :func:`uebench.crafting.start_crafting`'s job."""
+    opening = {"manual_seed", "build_model", "crafting_set", "trained_source"}
+    opening |= {"SourceModelSteps", "SmoothedSourceSteps"}
+    for file in sorted(PACKAGES["uebench.methods"].glob("*.py")):
+        for node in ast.walk(ast.parse(file.read_text())):
+            if not isinstance(node, ast.Call):
+                continue
+            function = node.func
+            name = getattr(function, "attr", None) or getattr(function, "id", None)
+            # A method's own generators (torch.Generator().manual_seed(...)) are its business.
+            owned = isinstance(function, ast.Attribute) and isinstance(function.value, ast.Call)
+            assert name not in opening or owned, f"{file.name}:{node.lineno} calls {name}"
