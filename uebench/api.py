@@ -15,6 +15,7 @@ from typing import Any
 import pandas as pd
 
 from uebench.data import ImageData
+from uebench.datasets import load_dataset
 from uebench.grid import GridConfig, run_grid
 from uebench.method import CraftContext
 from uebench.poison import Poison
@@ -42,8 +43,6 @@ def load(
     runner's seed, so ``load(d, train_size=n)`` is the data a grid with ``--dataset d
     --train-size n`` trains on.
     """
-    from uebench.datasets import load_dataset
-
     return load_dataset(dataset, root, train_size, test_size, seed=0)
 
 

@@ -24,6 +24,7 @@ from torch import nn
 
 from uebench.errors import UebenchError
 from uebench.files import atomic_write
+from uebench.registry import ARCHS
 from uebench.threat import ThreatModel
 
 #: Metadata a method records about the run that crafted a poison rather than about the noise;
@@ -58,8 +59,6 @@ class Surrogate:
 
     def build(self, device: torch.device | str = "cpu") -> nn.Module:
         """The model rebuilt from its architecture spec, weights loaded, in eval mode."""
-        from uebench.registry import ARCHS
-
         model = ARCHS.build(self.arch, self.num_classes, self.image_shape)
         try:
             model.load_state_dict(self.state)

@@ -19,8 +19,15 @@ from pathlib import Path
 from typing import Any
 
 from uebench.errors import UebenchError
+from uebench.grid import GridConfig, run_grid, summary
 from uebench.grid.config import add_run_flags, run_values
-from uebench.grid.protocols import protocol_names
+from uebench.grid.protocols import (
+    declared_datasets,
+    default_protocols,
+    protocol_names,
+    resolve_protocol,
+    spec_value,
+)
 from uebench.registry import REGISTRIES
 
 #: Modules that add further subcommands (see the module docstring).
@@ -55,8 +62,6 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> None:
-    from uebench.grid import GridConfig, run_grid, summary
-
     config = GridConfig.from_dict(run_values(args))
     started = time.perf_counter()
     table = run_grid(config)
@@ -102,8 +107,6 @@ def _threat_of(registry: Any, plugin: str) -> str:
 
 def _list_protocols() -> None:
     """Every protocol with every value it sets, for each dataset it declares."""
-    from uebench.grid.protocols import declared_datasets, default_protocols, resolve_protocol
-
     for name in protocol_names():
         print(f"{name}:")
         first = resolve_protocol(name, "*")
@@ -124,8 +127,6 @@ def _list_protocols() -> None:
 
 def _show_value(value: Any) -> str:
     """Protocol values in the spec grammar: ``emin:steps=5``, ``source=[resnet18:width=16]``."""
-    from uebench.grid.protocols import spec_value
-
     if isinstance(value, dict):
         nested = any(isinstance(v, dict) for v in value.values())
         if nested:  # per-plugin options: one spec per plugin

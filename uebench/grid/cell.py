@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from uebench.cache import PoisonCache
 from uebench.countermeasure import TrainingContext, TrainSet, build_countermeasure
 from uebench.data import ImageData
+from uebench.datasets import load_dataset
 from uebench.diagnostics import backdoor_success_rate, per_class_accuracy
 from uebench.errors import plugin_errors
 from uebench.files import atomic_write
@@ -96,8 +97,6 @@ def load_cell_data(
     dataset: str, data_root: str | None, train_size: int | None, test_size: int | None
 ) -> ImageData:
     """The cell's data (cached in-process so a grid loads each dataset once)."""
-    from uebench.datasets import load_dataset
-
     return load_dataset(dataset, data_root, train_size, test_size, seed=0)
 
 
@@ -134,6 +133,22 @@ def cell_plugins(cell: Cell) -> list[dict[str, Any]]:
     ]
 
 
+@dataclass
+class TrainedVictim:
+    """A cell's victim after training under its countermeasure, and what it measured."""
+
+    model: torch.nn.Module
+    trainset: TrainSet
+    history: list[EpochStats]
+    trained_acc: float  # the last epoch's clean test accuracy
+    final_acc: float  # the same, or after the countermeasure's ``after_training``
+    confusion: torch.Tensor
+    per_class: torch.Tensor
+    backdoor: float | None  # backdoor success rate (None when the poison is not class-wise)
+    best: int  # index into ``history`` of the best epoch
+    selected: int  # index into ``history`` of the epoch the countermeasure selects
+
+
 def run_cell(
     cell: Cell,
     progress: bool = True,
@@ -160,6 +175,23 @@ def run_cell(
     poison = cell_poison(cell, crafted, data)
     craft_seconds = time.perf_counter() - craft_started
 
+    victim = train_victim(cell, data, poison, device, progress)
+    if model_path is not None:
+        state = {name: value.detach().cpu() for name, value in victim.model.state_dict().items()}
+        atomic_write(model_path, lambda handle: torch.save(state, handle))
+    record = cell_record(cell, data, poison, victim, device, model_path, craft_seconds)
+    record["wall_time_s"] = time.perf_counter() - started
+    return record
+
+
+def train_victim(
+    cell: Cell, data: ImageData, poison: Poison, device: torch.device, progress: bool = True
+) -> TrainedVictim:
+    """Train the cell's victim on its poisoned data under its countermeasure and measure it:
+    clean test accuracy per epoch, after training, per class, and the backdoor success rate.
+
+    A countermeasure's or architecture's own exceptions become one line naming the cell.
+    """
     generator = torch.Generator().manual_seed(cell.seed)
     torch.manual_seed(cell.seed)
     training = f"cell {cell.name()} (countermeasure {cell.defense!r}, arch {cell.arch!r})"
@@ -233,9 +265,33 @@ def run_cell(
             final_acc = 100.0 * float((predicted == data.y_test).float().mean())
         best = max(range(len(history)), key=lambda i: history[i].test_acc)
         selected = countermeasure.select(history)
-    if model_path is not None:
-        state = {name: value.detach().cpu() for name, value in model.state_dict().items()}
-        atomic_write(model_path, lambda handle: torch.save(state, handle))
+    return TrainedVictim(
+        model,
+        trainset,
+        history,
+        trained_acc,
+        final_acc,
+        confusion,
+        per_class,
+        backdoor,
+        best,
+        selected,
+    )
+
+
+def cell_record(
+    cell: Cell,
+    data: ImageData,
+    poison: Poison,
+    victim: TrainedVictim,
+    device: torch.device,
+    model_path: Path | None,
+    craft_seconds: float,
+) -> dict[str, Any]:
+    """The cell's record (one JSON file in the result store): what ran, on which code and data,
+    and what the victim measured; :func:`run_cell` adds ``wall_time_s``."""
+    history, trainset = victim.history, victim.trainset
+    best, selected = victim.best, victim.selected
     return {
         "model_path": str(model_path) if model_path is not None else None,
         "cell_id": cell.cell_id,
@@ -253,8 +309,8 @@ def run_cell(
         "epochs": cell.train.epochs,
         "train_size": len(data.y_train),
         "test_size": len(data.y_test),
-        "final_acc": final_acc,
-        "trained_acc": trained_acc,
+        "final_acc": victim.final_acc,
+        "trained_acc": victim.trained_acc,
         "best_acc": history[best].test_acc,
         "best_epoch": history[best].epoch,
         "selected_acc": history[selected].test_acc,
@@ -262,9 +318,9 @@ def run_cell(
         "history": [asdict(stats) for stats in history],
         "classes": list(data.classes),
         "num_classes": data.num_classes,
-        "confusion_matrix": confusion.tolist(),
-        "per_class_acc": [None if value != value else value for value in per_class.tolist()],
-        "backdoor_success": backdoor,
+        "confusion_matrix": victim.confusion.tolist(),
+        "per_class_acc": [None if value != value else value for value in victim.per_class.tolist()],
+        "backdoor_success": victim.backdoor,
         "poison_hash": poison.content_hash(),
         "threat": poison.threat.describe(),
         "poison": {
@@ -281,6 +337,6 @@ def run_cell(
         "plugins": cell_plugins(cell),
         "device": str(device),
         "craft_time_s": craft_seconds,
-        "wall_time_s": time.perf_counter() - started,
+        "wall_time_s": None,  # run_cell's, once the record is built
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }

@@ -26,6 +26,7 @@ import tomllib
 
 from uebench.baseline import chance_level, near_chance
 from uebench.errors import UebenchError
+from uebench.grid.protocols import protocol_names, resolve_protocol
 from uebench.results.leaderboard import NEAR_CHANCE_STATUS, spec_key
 from uebench.spec import parse_spec
 
@@ -97,12 +98,9 @@ class Reference:
         options filled in, so the reference's specs are resolved the same way first.
         """
         method, defense = self.method, self.defense
-        if self.protocol:
-            from uebench.grid.protocols import protocol_names, resolve_protocol
-
-            if self.protocol in protocol_names():
-                protocol = resolve_protocol(self.protocol, self.dataset)
-                method, defense = protocol.method_spec(method), protocol.defense_spec(defense)
+        if self.protocol and self.protocol in protocol_names():
+            protocol = resolve_protocol(self.protocol, self.dataset)
+            method, defense = protocol.method_spec(method), protocol.defense_spec(defense)
         return {
             "_key_dataset": spec_key("dataset", self.dataset),
             "_key_method": spec_key("method", method),

@@ -36,6 +36,7 @@ import pandas as pd
 import pytest
 
 from uebench.errors import UebenchError
+from uebench.grid import run_grid
 from uebench.grid.config import GridConfig, add_run_flags, run_values
 from uebench.results.leaderboard import cells_frame, read_records, spec_key
 from uebench.results.references import (
@@ -47,6 +48,7 @@ from uebench.results.references import (
     match_cells,
     read_reference_file,
 )
+from uebench.training import resolve_device
 
 _CHECKER = pytest.StashKey["ReferenceChecker"]()
 
@@ -181,9 +183,6 @@ class ReferenceChecker:
         return verdict
 
     def _run(self, reference: Reference) -> pd.DataFrame:
-        from uebench.grid import run_grid
-        from uebench.training import resolve_device
-
         config = grid_config(reference, self.data_root, self.device)
         device = resolve_device(config.device)
         if "gpu" in reference.marks and device.type != "cuda":
