@@ -41,7 +41,7 @@ def plugin_identity(kind: str, spec: str) -> dict[str, Any]:
     return _with_code(resolved.canonical(), resolved.factory)
 
 
-def defense_identity(spec: str) -> list[dict[str, Any]]:
+def countermeasure_identity(spec: str) -> list[dict[str, Any]]:
     """The identity of each part of a (possibly ``+``-composed) countermeasure spec."""
     return [plugin_identity("defenses", part) for part in spec.split("+")]
 

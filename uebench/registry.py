@@ -151,8 +151,16 @@ class Registry:
 # ``classes`` poisons only the named classes (numbers or names), for any method: the harness
 # crafts the method's noise once and leaves the other classes' images clean.
 METHODS = Registry("uebench.methods", "method", common={"classes": (tuple[str, ...] | None, None)})
-DEFENSES = Registry("uebench.defenses", "countermeasure")
+COUNTERMEASURES = Registry("uebench.defenses", "countermeasure")
+#: The countermeasure registry under its entry-point group's name, as plugin authors know it.
+DEFENSES = COUNTERMEASURES
 ARCHS = Registry("uebench.archs", "architecture")
 DATASETS = Registry("uebench.datasets", "dataset")
 
-REGISTRIES = {"methods": METHODS, "defenses": DEFENSES, "archs": ARCHS, "datasets": DATASETS}
+#: Every registry by the kind records and ``uebench list`` name it (``defenses``: the CLI's word).
+REGISTRIES = {
+    "methods": METHODS,
+    "defenses": COUNTERMEASURES,
+    "archs": ARCHS,
+    "datasets": DATASETS,
+}

@@ -25,7 +25,7 @@ from uebench.files import atomic_write
 from uebench.grid.protocols import resolve_protocol
 from uebench.identity import (
     cache_key,
-    defense_identity,
+    countermeasure_identity,
     method_identity,
     plugin_identity,
     poison_key,
@@ -48,7 +48,8 @@ from uebench.version import code_version
 
 @dataclass(frozen=True)
 class Cell:
-    """One unit of work: train ``arch`` on ``dataset`` poisoned by ``method`` under ``defense``."""
+    """One unit of work: train ``arch`` on ``dataset`` poisoned by ``method`` under the
+    countermeasure ``defense`` (the field keeps the record key's name, which feeds cell ids)."""
 
     dataset: str
     method: str
@@ -68,7 +69,7 @@ class Cell:
     defense_label: str | None = None
 
     def name(self) -> str:
-        """``method/defense/arch/seed`` as the user wrote them."""
+        """``method/countermeasure/arch/seed`` as the user wrote them."""
         return (
             f"{self.method_label or self.method}/{self.defense_label or self.defense}/"
             f"{self.arch}/seed {self.seed}"
@@ -81,7 +82,7 @@ class Cell:
             "train_size": self.train_size,
             "test_size": self.test_size,
             "method": method_identity(self.method),
-            "defense": defense_identity(self.defense),
+            "defense": countermeasure_identity(self.defense),
             "arch": plugin_identity("archs", self.arch),
             "seed": self.seed,
             "train": self.train.as_dict(),

@@ -180,7 +180,9 @@ class GridConfig:
                                 f"{cell.name()} is the same cell as {first.name()}; running it once"
                             )
         if not cells:
-            raise UebenchError("the grid is empty: give at least one method, defense and seed")
+            raise UebenchError(
+                "the grid is empty: give at least one method, countermeasure and seed"
+            )
         return list(cells.values())
 
 

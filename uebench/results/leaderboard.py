@@ -26,7 +26,7 @@ import pandas as pd
 from uebench.baseline import chance_level, near_chance, near_chance_warning
 from uebench.errors import UebenchError
 from uebench.files import atomic_write
-from uebench.identity import defense_identity, method_identity, plugin_identity
+from uebench.identity import countermeasure_identity, method_identity, plugin_identity
 from uebench.spec import parse_spec
 from uebench.threat import ThreatModel
 
@@ -144,7 +144,7 @@ def _canonical(kind: str, spec: str) -> Any:
     if kind == "method":
         return method_identity(spec)
     if kind == "defense":
-        return defense_identity(spec)
+        return countermeasure_identity(spec)
     if kind in ("arch", "dataset"):
         return plugin_identity(f"{kind}s", spec)
     raise ValueError(f"unknown spec kind {kind!r}")
