@@ -27,6 +27,7 @@ from uebench.method import CraftContext, Method, check_eps
 from uebench.poison import Poison
 from uebench.poison_files import (
     PoisonFile,
+    change_norms,
     check_readable,
     file_sha256,
     published_sha256,
@@ -104,7 +105,7 @@ class ExternalPoison(Method):
             published = _apply_delta(array, clean, where)
         change = published.to(torch.int16) - clean.to(torch.int16)
         changed = change.flatten(1).ne(0).any(1)
-        norms = _norms(change[changed])
+        norms = change_norms(change[changed])
         threat = self._declared or ThreatModel.unbounded()
         _check_budget(threat, change, changed, where)
         rows = torch.full((len(clean),), -1, dtype=torch.long)
@@ -277,26 +278,6 @@ def _check_order(published: torch.Tensor, clean: torch.Tensor, where: str) -> No
             "next one: not the dataset the grid loads, or not in its order (perturbations "
             "stored as images? pass content=delta)"
         )
-
-
-def _norms(change: torch.Tensor) -> dict[str, Any]:
-    """L∞, L2 (in [0, 1] units) and L0 (pixel positions) of each changed image: max and mean.
-
-    From the exact integer changes, in float64 with numpy, so the numbers (part of the poison's
-    hash) do not depend on thread counts.
-    """
-    if not len(change):
-        zero = {"max": 0.0, "mean": 0.0}
-        return {"images": 0, "linf": zero, "l2": zero, "l0": zero}
-    flat = change.flatten(1).numpy().astype(np.int64)
-    linf = np.abs(flat).max(1) / 255.0
-    l2 = np.sqrt((flat * flat).sum(1)) / 255.0
-    l0 = change.ne(0).any(1).flatten(1).sum(1).numpy().astype(np.float64)
-
-    def summary(values: np.ndarray) -> dict[str, float]:
-        return {"max": round(float(values.max()), 8), "mean": round(float(values.mean()), 8)}
-
-    return {"images": len(flat), "linf": summary(linf), "l2": summary(l2), "l0": summary(l0)}
 
 
 def _check_budget(

@@ -17,6 +17,7 @@ import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -239,3 +240,24 @@ def published_sha256(x: torch.Tensor, y: torch.Tensor) -> str:
     digest.update(x.to(torch.uint8).contiguous().numpy().tobytes())
     digest.update(y.to(torch.int64).contiguous().numpy().tobytes())
     return digest.hexdigest()
+
+
+def change_norms(change: torch.Tensor) -> dict[str, Any]:
+    """L∞, L2 (in [0, 1] units) and L0 (pixel positions) of the integer changes (published −
+    clean, N×C×H×W, changed images only) of a poisoned set: max and mean over images.
+
+    From the exact integer changes, in float64 with numpy, so the numbers (part of the poison's
+    hash) do not depend on thread counts.
+    """
+    if not len(change):
+        zero = {"max": 0.0, "mean": 0.0}
+        return {"images": 0, "linf": zero, "l2": zero, "l0": zero}
+    flat = change.flatten(1).numpy().astype(np.int64)
+    linf = np.abs(flat).max(1) / 255.0
+    l2 = np.sqrt((flat * flat).sum(1)) / 255.0
+    l0 = change.ne(0).any(1).flatten(1).sum(1).numpy().astype(np.float64)
+
+    def summary(values: np.ndarray) -> dict[str, float]:
+        return {"max": round(float(values.max()), 8), "mean": round(float(values.mean()), 8)}
+
+    return {"images": len(flat), "linf": summary(linf), "l2": summary(l2), "l0": summary(l0)}
