@@ -116,9 +116,11 @@ def _read_torch(path: Path) -> dict[str, np.ndarray]:
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # weights_only refuses anything but tensors and plain types
+        # torch's own message advises weights_only=False, which would run the file's code.
         raise UebenchError(
-            f"cannot read {path} with torch.load(weights_only=True): {_one_line(error)[:200]} "
-            "(save a tensor or a dict of tensors; uebench never unpickles objects)"
+            f"{path} cannot be read with torch.load(weights_only=True) "
+            f"({type(error).__name__}): it holds objects other than tensors; save a tensor or a "
+            "dict of tensors (uebench never unpickles objects)"
         ) from None
     if isinstance(loaded, torch.Tensor):
         return {"": loaded.numpy()}
