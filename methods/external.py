@@ -261,15 +261,15 @@ def _check_labels(read: PoisonFile, data: ImageData, where: str) -> None:
 
 def _check_order(published: torch.Tensor, clean: torch.Tensor, where: str) -> None:
     """The cheap check that image i of the file is the dataset's image i, poisoned: nearer
-    (mean absolute difference) its own clean image than the next one in the dataset."""
+    (summed absolute difference) its own clean image than the next one in the dataset."""
     if len(clean) < 2:
         return
     following = torch.roll(clean, -1, 0)
     matched = 0
     for start in range(0, len(clean), _CHUNK):
         part = slice(start, start + _CHUNK)
-        mine = (published[part].float() - clean[part].float()).abs().flatten(1).mean(1)
-        other = (published[part].float() - following[part].float()).abs().flatten(1).mean(1)
+        mine = _distance(published[part], clean[part])
+        other = _distance(published[part], following[part])
         matched += int(((mine == 0) | (mine < other)).sum())
     share = matched / len(clean)
     if share < ORDER_MATCH:
@@ -280,6 +280,11 @@ def _check_order(published: torch.Tensor, clean: torch.Tensor, where: str) -> No
         )
 
 
+def _distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per image, the summed absolute difference of two uint8 batches (exact integers)."""
+    return (a.to(torch.int16) - b.to(torch.int16)).abs().flatten(1).sum(1, dtype=torch.int64)
+
+
 def _check_budget(
     threat: ThreatModel, change: torch.Tensor, changed: torch.Tensor, where: str
 ) -> None:
@@ -287,11 +292,12 @@ def _check_budget(
     if threat.norm == "unbounded" or not bool(changed.any()):
         return
     index = torch.nonzero(changed).flatten()
-    sizes = threat.measure(change[index].float() / 255.0)
-    problem = threat.violation(change[index].float() / 255.0)
-    if problem is not None:
-        worst = int(sizes.argmax())
-        raise UebenchError(
-            f"{where}: image {int(index[worst])} changes by {threat.norm} "
-            f"{float(sizes[worst]):.5g}, beyond the declared budget {threat.describe()}"
-        )
+    delta = change[index].float() / 255.0
+    if threat.violation(delta) is None:
+        return
+    sizes = threat.measure(delta)
+    worst = int(sizes.argmax())
+    raise UebenchError(
+        f"{where}: image {int(index[worst])} changes by {threat.norm} "
+        f"{float(sizes[worst]):.5g}, beyond the declared budget {threat.describe()}"
+    )

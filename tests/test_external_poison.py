@@ -68,6 +68,7 @@ def test_npz_uint8_nhwc_images(tmp_path, data, poisoned):
     assert 0 < norms["l2"]["mean"] <= norms["l2"]["max"]
     assert norms["l0"]["max"] <= 64
     assert poison.meta["published_sha256"] == published_sha256(poisoned, data.y_train)
+    assert craft(f"file:{path}:eps=8/255", data).content_hash() == poison.content_hash()
 
 
 def test_npy_float_nchw_images_and_pt(tmp_path, data, poisoned):

@@ -248,15 +248,17 @@ def change_norms(change: torch.Tensor) -> dict[str, Any]:
     """L∞, L2 (in [0, 1] units) and L0 (pixel positions) of the integer changes (published −
     clean, N×C×H×W, changed images only) of a poisoned set: max and mean over images.
 
-    From the exact integer changes, in float64 with numpy, so the numbers (part of the poison's
-    hash) do not depend on thread counts.
+    From the exact integer changes, so the numbers (part of the poison's hash) do not depend on
+    thread counts or devices.
     """
     if not len(change):
         zero = {"max": 0.0, "mean": 0.0}
         return {"images": 0, "linf": zero, "l2": zero, "l0": zero}
-    flat = change.flatten(1).numpy().astype(np.int64)
-    linf = np.abs(flat).max(1) / 255.0
-    l2 = np.sqrt((flat * flat).sum(1)) / 255.0
+    flat = change.flatten(1)
+    # Integer arithmetic (exact, so the same on every machine), then float64 for the roots.
+    linf = flat.abs().amax(1).numpy().astype(np.float64) / 255.0
+    squares = flat.to(torch.int32).square().sum(1, dtype=torch.int64).numpy()
+    l2 = np.sqrt(squares.astype(np.float64)) / 255.0
     l0 = change.ne(0).any(1).flatten(1).sum(1).numpy().astype(np.float64)
 
     def summary(values: np.ndarray) -> dict[str, float]:
