@@ -188,6 +188,8 @@ def test_bad_inputs_end_in_one_line(tmp_path, data, poisoned, capsys):
     assert "not classes of" in _run_bad(tmp_path, f"file:{wrong_class}", capsys)
 
 
+# torch warns about the pickle protocol of the file it is refusing: expected here.
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_pickles_are_never_opened(tmp_path, capsys):
     sentinel = tmp_path / "ran"
 
