@@ -96,6 +96,38 @@ def _convert(value: str, annotation: Any, where: str) -> Any:
     return value
 
 
+def _takes_any_option(factory: Callable[..., Any]) -> bool:
+    """Whether the plugin accepts options it does not name (a ``**options`` parameter)."""
+    try:
+        parameters = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.kind is p.VAR_KEYWORD for p in parameters)
+
+
+def _guess(value: str) -> Any:
+    """An option for a ``**options`` plugin, typed by how it is written: ``32`` an int,
+    ``0.1`` or ``8/255`` a float, ``true``/``false`` a bool, ``none`` None, ``32,32`` a tuple
+    of those, anything else the string itself."""
+    if "," in value:
+        return tuple(_guess(part.strip()) for part in value.split(",") if part.strip())
+    lowered = value.lower()
+    if lowered in _TRUE - {"1"}:
+        return True
+    if lowered in _FALSE - {"0"}:
+        return False
+    if lowered in {"none", "null"}:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        pass
+    try:
+        return parse_float(value)
+    except UebenchError:
+        return value
+
+
 class Registry:
     """Named plugins of one kind, loaded lazily from the entry-point group ``group``."""
 
@@ -170,6 +202,12 @@ class Registry:
                 raise UebenchError(f"bad spec {spec.text!r}: {first!r} given twice")
             given = {first: spec.positional, **given}
         unknown = sorted(set(given) - set(params))
+        passthrough = {}
+        if unknown and _takes_any_option(factory):
+            # A plugin with ``**options`` (``timm:NAME``) hands options it does not name on to
+            # the library it wraps, typed by their spelling.
+            passthrough = {key: _guess(given.pop(key)) for key in unknown}
+            unknown = []
         if unknown:
             valid = ", ".join(params) or "(none)"
             raise UebenchError(
@@ -184,6 +222,7 @@ class Registry:
                 raise UebenchError(f"{self.kind} {spec.name!r} needs option {key!r}")
             elif key not in common:  # unset common options stay out, so old hashes hold
                 options[key] = param.default
+        options.update(passthrough)
         return Resolved(spec=spec, factory=factory, options=options, common=common)
 
     def build(self, spec: Spec | str, *runtime: Any) -> Any:
