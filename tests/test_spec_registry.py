@@ -54,7 +54,7 @@ def test_options_are_typed_and_defaults_filled():
 @pytest.mark.parametrize(
     ("spec", "fragment"),
     [
-        ("nosuch", "valid: ar, clean, cuda, emax, emin, emin-lbfgs, emin-patch, lsp"),
+        ("nosuch", "valid: ar, clean, cuda, emax, emin, emin-lbfgs, emin-patch, file, lsp"),
         ("emin:colour=red", "has no option 'colour'; valid: form, eps"),
         ("emin:form=pixel", "'pixel' is not one of sample, class"),
         ("emin:steps=many", "'many' is not an integer"),

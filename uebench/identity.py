@@ -57,6 +57,11 @@ def method_identity(spec: str, *, crafting: bool = False) -> dict[str, Any]:
     if crafting:
         resolved = resolved.without_common()
     canonical = _with_code(resolved.canonical(), resolved.factory)
+    # A method whose result depends on more than its options (``file``: the file's content)
+    # says so here; no other method has the hook, so their identities are unchanged.
+    identify = getattr(resolved.factory, "identity_options", None)
+    if callable(identify):
+        canonical["options"] = identify(canonical["options"])
     for key, kind in nested_specs(resolved.factory).items():
         value = canonical["options"].get(key)
         if isinstance(value, str):

@@ -5,6 +5,8 @@ Both read the annotation the same way (``X | None``, ``Literal``, lists and tupl
 ``int``, ``float``) and end in one-line :class:`~uebench.errors.UebenchError`\ s; what differs is
 what they are given: a spec option is always text to parse, a grid setting is already a value
 and must have the annotation's type (``"three"`` is not an integer, ``"no"`` not a boolean).
+An option a plugin takes through ``**options`` has no annotation: :func:`guess` types it by how
+it is written.
 """
 
 from __future__ import annotations
@@ -74,6 +76,29 @@ def convert(
         items = _as_list(where, value, item_type)
         return [_checked_item(where, item, item_type, bounds, in_list=True) for item in items]
     return _checked_item(where, value, annotation, bounds)
+
+
+def guess(value: str) -> Any:
+    """An option for a ``**options`` plugin, typed by how it is written: ``32`` an int,
+    ``0.1`` or ``8/255`` a float, ``true``/``false`` a bool, ``none`` None, ``32,32`` a tuple
+    of those, anything else the string itself."""
+    if "," in value:
+        return tuple(guess(part.strip()) for part in value.split(",") if part.strip())
+    lowered = value.lower()
+    if lowered in _TRUE - {"1"}:
+        return True
+    if lowered in _FALSE - {"0"}:
+        return False
+    if lowered in {"none", "null"}:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        pass
+    try:
+        return parse_float(value)
+    except UebenchError:
+        return value
 
 
 def _from_text(value: str, annotation: Any, where: str) -> Any:

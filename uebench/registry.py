@@ -18,7 +18,7 @@ from importlib.metadata import entry_points
 from typing import Any
 
 from uebench.errors import UebenchError
-from uebench.options import convert
+from uebench.options import convert, guess
 from uebench.spec import Spec, parse_spec
 
 
@@ -51,6 +51,15 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_jsonable(v) for v in value]
     return value
+
+
+def _takes_any_option(factory: Callable[..., Any]) -> bool:
+    """Whether the plugin accepts options it does not name (a ``**options`` parameter)."""
+    try:
+        parameters = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.kind is p.VAR_KEYWORD for p in parameters)
 
 
 class Registry:
@@ -127,6 +136,12 @@ class Registry:
                 raise UebenchError(f"bad spec {spec.text!r}: {first!r} given twice")
             given = {first: spec.positional, **given}
         unknown = sorted(set(given) - set(params))
+        passthrough = {}
+        if unknown and _takes_any_option(factory):
+            # A plugin with ``**options`` (``timm:NAME``) hands options it does not name on to
+            # the library it wraps, typed by their spelling.
+            passthrough = {key: guess(given.pop(key)) for key in unknown}
+            unknown = []
         if unknown:
             valid = ", ".join(params) or "(none)"
             raise UebenchError(
@@ -141,6 +156,7 @@ class Registry:
                 raise UebenchError(f"{self.kind} {spec.name!r} needs option {key!r}")
             elif key not in common:  # unset common options stay out, so old hashes hold
                 options[key] = param.default
+        options.update(passthrough)
         return Resolved(spec=spec, factory=factory, options=options, common=common)
 
     def build(self, spec: Spec | str, *runtime: Any) -> Any:

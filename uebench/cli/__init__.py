@@ -35,6 +35,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "uebench.cli.diagnose",
     "uebench.cli.certify",
     "uebench.cli.board",
+    "uebench.cli.export",
 )
 
 
