@@ -66,10 +66,12 @@ def reference_params(*sources: str | Path) -> list[Any]:
     return [pytest.param(ref, id=ref.name) for ref in load_references(*sources)]
 
 
-def grid_config(reference: Reference, data_root: str | None = None, device: str | None = None):
-    """The :class:`~uebench.runner.GridConfig` that measures ``reference``: its command restricted
-    to its own cell (same cell ids as the full command), or, without a command, one seed of the
-    cell at the record's epochs and sizes."""
+def grid_config(
+    reference: Reference, data_root: str | None = None, device: str | None = None
+) -> GridConfig:
+    """The :class:`~uebench.grid.config.GridConfig` that measures ``reference``: its command
+    restricted to its own cell (same cell ids as the full command), or, without a command, one
+    seed of the cell at the record's epochs and sizes."""
     if reference.command:
         values = _command_values(reference)
         for key, kind in (("methods", "method"), ("defenses", "defense"), ("archs", "arch")):
