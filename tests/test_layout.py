@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from uebench.datasets import load_dataset
+from uebench.errors import UebenchError
 from uebench.grid import GridConfig
 from uebench.identity import poison_key
 from uebench.method import CraftContext, craft_within_threat
@@ -213,3 +214,14 @@ def test_no_method_writes_out_the_crafting_opening():
             # A method's own generators (torch.Generator().manual_seed(...)) are its business.
             owned = isinstance(function, ast.Attribute) and isinstance(function.value, ast.Call)
             assert name not in opening or owned, f"{file.name}:{node.lineno} calls {name}"
+
+
+def test_backends_are_a_registry_over_one_interface():
+    from uebench.grid import BACKENDS, CellsFailed
+    from uebench.grid.backends import get_backend
+    from uebench.grid.outcome import CellsFailed as below_both
+
+    assert set(BACKENDS) == {"local", "ray"} and CellsFailed is below_both
+    assert get_backend("local") is BACKENDS["local"]
+    with pytest.raises(UebenchError, match="unknown backend 'slurm'; valid: local, ray"):
+        get_backend("slurm")
