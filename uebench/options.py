@@ -1,12 +1,12 @@
-r"""Option values by their type annotation: the one converter behind spec options
+"""Option values by their type annotation: the one converter behind spec options
 (``emin:steps=20``, text) and grid settings (``epochs = 3`` in a config file, flags, API keywords).
 
 Both read the annotation the same way (``X | None``, ``Literal``, lists and tuples, ``bool``,
-``int``, ``float``) and end in one-line :class:`~uebench.errors.UebenchError`\ s; what differs is
-what they are given: a spec option is always text to parse, a grid setting is already a value
-and must have the annotation's type (``"three"`` is not an integer, ``"no"`` not a boolean).
-An option a plugin takes through ``**options`` has no annotation: :func:`guess` types it by how
-it is written.
+``int``, ``float``) and fail with one line (:class:`~uebench.errors.UebenchError`); what
+differs is what they are given: a spec option is always text to parse, a grid setting is
+already a value and must have the annotation's type (``"three"`` is not an integer, ``"no"``
+not a boolean).  An option a plugin takes through ``**options`` has no annotation:
+:func:`guess` types it by how it is written.
 """
 
 from __future__ import annotations
