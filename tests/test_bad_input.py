@@ -184,8 +184,9 @@ def test_unusable_output_folders_fail_before_any_work(tmp_path: Path, capsys, no
         assert all(word in message for word in words), message
     assert blocker.read_text() == "not a folder"
     config = GridConfig(out=str(tmp_path / "fine" / "run"))
-    config.check_folders()  # creates both folders, leaves no probe behind
-    assert list((tmp_path / "fine" / "run").iterdir()) == []
+    config.check_folders()  # creates both folders (and cells/), leaves no probe behind
+    assert [path.name for path in (tmp_path / "fine" / "run").iterdir()] == ["cells"]
+    assert list((tmp_path / "fine" / "run" / "cells").iterdir()) == []
     assert list((tmp_path / "fine" / "cache").iterdir()) == []
 
 

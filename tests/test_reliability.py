@@ -7,8 +7,13 @@ naming the culprit) or recomputes (one warning line) instead of using a wrong in
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -298,3 +303,81 @@ def test_a_one_class_dataset_is_refused(tmp_path, tiny_grid) -> None:
 def test_a_failed_grid_says_where_its_results_are(tmp_path) -> None:
     message = str(CellsFailed(["a/none/x/seed 0"], 4, tmp_path / "o"))
     assert str(tmp_path / "o" / "cells") in message and "results.csv" in message
+
+
+def _descendants(root: int) -> dict[int, str]:
+    """pid -> start time of every live descendant of ``root`` (from /proc)."""
+    parents: dict[int, tuple[int, str]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                parents[int(entry.name)] = (int(fields[1]), fields[19])
+            except (OSError, IndexError, ValueError):
+                pass
+    found: dict[int, str] = {}
+    frontier = [root]
+    while frontier:
+        parent = frontier.pop()
+        for pid, (ppid, start) in parents.items():
+            if ppid == parent and pid not in found:
+                found[pid] = start
+                frontier.append(pid)
+    return found
+
+
+def _alive(pid: int, start: str) -> bool:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return False
+    return fields[19] == start and fields[0] != "Z"
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+@pytest.mark.slow
+def test_a_ray_driver_killed_with_sigkill_leaves_no_ray_process(tmp_path) -> None:
+    pytest.importorskip("ray")
+    if not Path("/proc/self/stat").exists():
+        pytest.skip("the orphan guard reads /proc (Linux)")
+    args = ["run", *TINY, "--epochs", "500", "--methods", "clean", "--backend", "ray",
+            "--out", str(tmp_path / "o")]  # fmt: skip
+    driver = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from uebench.cli import main; main(sys.argv[1:])",
+            *args,
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:  # until the raylet's agents run
+            tree = _descendants(driver.pid)
+            names = [_cmdline(pid) for pid in tree if _alive(pid, tree[pid])]
+            if any(b"Agent" in name for name in names) and len(tree) >= 6:
+                break
+            time.sleep(1)
+        else:
+            pytest.fail("the Ray instance did not start")
+        time.sleep(3)  # the guard's once-a-second look at the processes
+        tree = _descendants(driver.pid)
+    finally:
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and any(_alive(p, s) for p, s in tree.items()):
+        time.sleep(1)
+    left = [pid for pid, start in tree.items() if _alive(pid, start)]
+    for pid in left:  # do not leak them into the rest of the session
+        os.kill(pid, signal.SIGKILL)
+    assert not left, [_cmdline(pid)[:80] for pid in left]

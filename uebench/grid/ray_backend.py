@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -414,8 +416,11 @@ def run_grid_ray(config: GridConfig) -> pd.DataFrame:
         return grid_table(store, cells)
     pending: dict[Any, Any] = {}
     started_here = False
+    guard = None
     try:
         started_here = _connect(ray, config)
+        if started_here and config.address is None:
+            guard = _start_orphan_guard(ray)
         resources = choose_resources(config, ray.cluster_resources())
         _check_fits(ray, resources, local=started_here and config.address is None)
         failures = _run(ray, config, store, todo, resources, pending)
@@ -425,11 +430,85 @@ def run_grid_ray(config: GridConfig) -> pd.DataFrame:
                 ray.cancel(ref)
         if started_here:
             ray.shutdown()
+        if guard is not None:  # after a clean shutdown it finds nothing left to end
+            guard.stdin.close()  # type: ignore[union-attr]
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                guard.wait(timeout=10)
         store.release_all()
     store.write_csv()
     if failures:
         raise CellsFailed(failures, len(todo), store.root)
     return grid_table(store, cells)
+
+
+#: The orphan guard (see :func:`_start_orphan_guard`), run as ``python -c`` with the pids and
+#: start times of the Ray processes this driver started.  It follows their descendants (Ray's
+#: agents and workers) once a second until its stdin closes, which happens however the driver
+#: ends, ``kill -9`` included; then it kills any of them still running.  A pid is only killed
+#: while its start time is the one recorded, so a reused pid is left alone.
+_GUARD = r"""
+import os, select, signal, sys
+
+def started(pid):
+    with open(f"/proc/{pid}/stat") as stat:
+        return int(stat.read().rsplit(")", 1)[1].split()[19])
+
+def parents():
+    found = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat") as stat:
+                    found[int(name)] = int(stat.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                pass
+    return found
+
+known = dict(tuple(map(int, item.split(":"))) for item in sys.argv[1:])
+while not select.select([sys.stdin], [], [], 1.0)[0]:
+    tree = parents()
+    for pid, parent in tree.items():
+        if parent in known and pid not in known:
+            try:
+                known[pid] = started(pid)
+            except (OSError, ValueError, IndexError):
+                pass
+for pid, start in known.items():
+    try:
+        if started(pid) == start:
+            os.kill(pid, signal.SIGKILL)
+    except (OSError, ValueError, IndexError):
+        pass
+"""
+
+
+def _start_orphan_guard(ray: Any) -> subprocess.Popen[bytes] | None:
+    """A process that ends the local Ray instance's processes if this driver dies abruptly.
+
+    Ray ties its head processes to the driver, but the agents its raylet starts outlive a
+    driver killed with ``kill -9``, one set per killed run.  Linux only (it reads ``/proc``);
+    elsewhere None.
+    """
+    if not Path("/proc/self/stat").exists():
+        return None
+    me, package = os.getpid(), os.fsencode(Path(ray.__file__).parent)
+    roots = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            # Only Ray's own processes (their programs live in its package), not other
+            # children of a notebook that runs the grid.
+            if int(fields[1]) == me and package in (entry / "cmdline").read_bytes():
+                roots.append(f"{entry.name}:{fields[19]}")
+    return subprocess.Popen(
+        [sys.executable, "-c", _GUARD, *roots],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # a Ctrl-C to the driver's terminal must not end it first
+    )
 
 
 def _sweep_claims(store: ResultStore, finished: list[Cell]) -> None:
