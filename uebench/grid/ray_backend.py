@@ -418,9 +418,9 @@ def run_grid_ray(config: GridConfig) -> pd.DataFrame:
     started_here = False
     guard = None
     try:
-        started_here = _connect(ray, config)
-        if started_here and config.address is None:
+        if config.address is None and not ray.is_initialized():
             guard = _start_orphan_guard(ray)
+        started_here = _connect(ray, config)
         resources = choose_resources(config, ray.cluster_resources())
         _check_fits(ray, resources, local=started_here and config.address is None)
         failures = _run(ray, config, store, todo, resources, pending)
@@ -441,41 +441,40 @@ def run_grid_ray(config: GridConfig) -> pd.DataFrame:
     return grid_table(store, cells)
 
 
-#: The orphan guard (see :func:`_start_orphan_guard`), run as ``python -c`` with the pids and
-#: start times of the Ray processes this driver started.  It follows their descendants (Ray's
-#: agents and workers) once a second until its stdin closes, which happens however the driver
-#: ends, ``kill -9`` included; then it kills any of them still running.  A pid is only killed
-#: while its start time is the one recorded, so a reused pid is left alone.
+#: The orphan guard (see :func:`_start_orphan_guard`), run as ``python -c DRIVER_PID RAY_DIR``.
+#: Once a second, until its stdin closes (which happens however the driver ends, ``kill -9``
+#: included), it notes the driver's children whose command line lies in Ray's package (the
+#: head processes) and every descendant of those (Ray's agents and workers), with their start
+#: times; then it kills any of them still running.  A pid is only killed while its start time
+#: is the one noted, so a reused pid is left alone.
 _GUARD = r"""
 import os, select, signal, sys
 
-def started(pid):
-    with open(f"/proc/{pid}/stat") as stat:
-        return int(stat.read().rsplit(")", 1)[1].split()[19])
+def stat(pid):
+    with open(f"/proc/{pid}/stat") as handle:
+        fields = handle.read().rsplit(")", 1)[1].split()
+    return int(fields[1]), int(fields[19])
 
-def parents():
-    found = {}
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                with open(f"/proc/{name}/stat") as stat:
-                    found[int(name)] = int(stat.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, ValueError, IndexError):
-                pass
-    return found
-
-known = dict(tuple(map(int, item.split(":"))) for item in sys.argv[1:])
+driver, package = int(sys.argv[1]), os.fsencode(sys.argv[2])
+known = {os.getpid(): None}  # itself: its own command line names Ray's package too
 while not select.select([sys.stdin], [], [], 1.0)[0]:
-    tree = parents()
-    for pid, parent in tree.items():
-        if parent in known and pid not in known:
-            try:
-                known[pid] = started(pid)
-            except (OSError, ValueError, IndexError):
-                pass
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) in known:
+            continue
+        try:
+            parent, start = stat(name)
+            if parent == driver:
+                with open(f"/proc/{name}/cmdline", "rb") as handle:
+                    if package not in handle.read():
+                        continue
+            elif parent not in known:
+                continue
+            known[int(name)] = start
+        except (OSError, ValueError, IndexError):
+            pass
 for pid, start in known.items():
     try:
-        if started(pid) == start:
+        if start is not None and stat(pid)[1] == start:
             os.kill(pid, signal.SIGKILL)
     except (OSError, ValueError, IndexError):
         pass
@@ -486,24 +485,13 @@ def _start_orphan_guard(ray: Any) -> subprocess.Popen[bytes] | None:
     """A process that ends the local Ray instance's processes if this driver dies abruptly.
 
     Ray ties its head processes to the driver, but the agents its raylet starts outlive a
-    driver killed with ``kill -9``, one set per killed run.  Linux only (it reads ``/proc``);
-    elsewhere None.
+    driver killed with ``kill -9``, one set per killed run.  Started before Ray, so a driver
+    killed while Ray starts is covered too.  Linux only (it reads ``/proc``); elsewhere None.
     """
     if not Path("/proc/self/stat").exists():
         return None
-    me, package = os.getpid(), os.fsencode(Path(ray.__file__).parent)
-    roots = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            # Only Ray's own processes (their programs live in its package), not other
-            # children of a notebook that runs the grid.
-            if int(fields[1]) == me and package in (entry / "cmdline").read_bytes():
-                roots.append(f"{entry.name}:{fields[19]}")
     return subprocess.Popen(
-        [sys.executable, "-c", _GUARD, *roots],
+        [sys.executable, "-c", _GUARD, str(os.getpid()), str(Path(ray.__file__).parent)],
         stdin=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
