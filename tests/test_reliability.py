@@ -275,7 +275,7 @@ class NaNNoise(Method):
 
 def test_bad_noise_is_refused_naming_the_method() -> None:
     ctx = CraftContext(torch.device("cpu"), TrainConfig(), False)
-    with pytest.raises(UebenchError, match=r"method 'nan-noise:x=1' crafted a bad poison: .*NaN"):
+    with pytest.raises(UebenchError, match=r"method 'nan-noise:x=1' failed while crafting: .*NaN"):
         craft_within_threat(NaNNoise(), tiny_data(), ctx, "nan-noise:x=1")
 
 

@@ -116,7 +116,7 @@ def craft_within_threat(method: Method, data: ImageData, ctx: CraftContext, spec
         # know which method made it; the user needs to.
         if spec in str(error):
             raise
-        raise UebenchError(f"method {spec!r} crafted a bad poison: {error}") from error
+        raise UebenchError(f"method {spec!r} failed while crafting: {error}") from error
     check_declared_threat(method, poison, spec)
     return poison
 
