@@ -45,8 +45,9 @@ _RUN_FLAGS = {
     "address": "Ray cluster address: auto or ray://HOST:PORT (default: start a local Ray)",
     "cpus_per_cell": "Ray: CPUs each cell requests",
     "gpus_per_cell": "Ray: GPUs each cell requests (default 1 when the cluster has GPUs)",
+    "max_cells": "refuse a grid of more cells than this (default 10000)",
 }
-_INT_FLAGS = {"epochs", "batch_size", "train_size", "test_size", "threads"}
+_INT_FLAGS = {"epochs", "batch_size", "train_size", "test_size", "threads", "max_cells"}
 _FLOAT_FLAGS = {"lr", "cpus_per_cell", "gpus_per_cell"}
 
 #: Modules that add further subcommands (see the module docstring).

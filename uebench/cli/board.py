@@ -141,8 +141,11 @@ def _compare(args: argparse.Namespace) -> None:
 
 
 def _report(args: argparse.Namespace) -> None:
+    from uebench.grid.config import _check_writable
     from uebench.report import write_report
 
     out = args.out or str(Path(args.run_dirs[0]) / "report")
+    # A file in the way (or a read-only place) is one line before any record is read.
+    _check_writable("report -o", Path(out))
     page = write_report(args.run_dirs, out, args.format, args.metric, args.rank_by, args.reference)
     print(f"wrote {page}")

@@ -92,4 +92,17 @@ def _short(value: Any) -> str:
 
 def _diagnose(args: argparse.Namespace) -> None:
     records = select_records(args.run_dir, args.cell, args.method, args.defense)
-    print("\n\n".join(describe(record) for record in records))
+    print("\n\n".join(_describe_checked(record) for record in records))
+
+
+def _describe_checked(record: dict[str, Any]) -> str:
+    """:func:`describe`, or one line naming the record when a field it shows is malformed
+    (the store checks the fields every reader needs, not each diagnostic)."""
+    try:
+        return describe(record)
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as error:
+        what = f"no {error.args[0]!r}" if isinstance(error, KeyError) else f"{error}".split("\n")[0]
+        raise UebenchError(
+            f"record of cell {record.get('cell_id')} is malformed ({what}); delete "
+            "it and rerun `uebench run` to recompute it"
+        ) from None

@@ -24,6 +24,12 @@ from uebench.registry import ARCHS, METHODS
 from uebench.spec import split_list
 from uebench.training import TrainConfig, resolve_device
 
+#: The default bound on a grid's cell count (``max_cells``).
+DEFAULT_MAX_CELLS = 10_000
+#: No seed list may hold more seeds than this, whatever ``max_cells`` says: expanding
+#: ``0-100000000`` alone would take gigabytes before any bound could be checked.
+MAX_SEEDS = 1_000_000
+
 
 @dataclass
 class GridConfig:
@@ -56,6 +62,9 @@ class GridConfig:
     # Ray resource requests; None: sensible defaults
     cpus_per_cell: float | None = field(default=None, metadata={"above": 0})
     gpus_per_cell: float | None = field(default=None, metadata={"min": 0})
+    # A grid of more cells is refused before any work (a typo such as seeds 0-100000000
+    # would otherwise plan for hours); raise it to run a larger grid on purpose.
+    max_cells: int = field(default=DEFAULT_MAX_CELLS, metadata={"min": 1})
 
     def __post_init__(self) -> None:
         # Every value is checked against its field's annotation (and the bounds in its
@@ -64,6 +73,10 @@ class GridConfig:
         for spec in fields(self):
             value = getattr(self, spec.name)
             setattr(self, spec.name, _checked(spec.name, value, hints[spec.name], spec.metadata))
+        for key in ("out", "cache_dir", "data_root"):
+            value = getattr(self, key)
+            if value is not None and not value.strip():  # "" would mean the current folder
+                raise UebenchError(f"{key}: expected a folder name, got {value!r}")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> GridConfig:
@@ -84,8 +97,20 @@ class GridConfig:
     def check_folders(self) -> None:
         """Create the results and cache folders and write a probe file in each, so a file in
         the way or a read-only place is one line before any data loads, not after a cell."""
-        for key, folder in (("out", Path(self.out)), ("cache_dir", self.cache_folder())):
+        out = Path(self.out)
+        folders = [("out", out), ("out", out / "cells"), ("cache_dir", self.cache_folder())]
+        if self.save_models:
+            folders.append(("out", out / "models"))
+        for key, folder in folders:
             _check_writable(key, folder)
+        # results.csv is replaced atomically after each cell: a folder (or other non-file) in
+        # its place, or a file its owner made read-only, would only fail after the first cell.
+        table = out / "results.csv"
+        if table.exists() or table.is_symlink():
+            if not table.is_file():
+                raise UebenchError(f"out: {table} is in the way (not a file); move it away")
+            if not os.access(table, os.W_OK):
+                raise UebenchError(f"out: {table} is read-only; make it writable or move it")
 
     def resolved_protocol(self) -> Protocol:
         """The grid's protocol (``protocol`` or the dataset's default) for its dataset."""
@@ -114,6 +139,13 @@ class GridConfig:
         methods = [(label, protocol.method_spec(label)) for label in self.methods]
         defenses = [(label, protocol.defense_spec(label)) for label in self.defenses]
         archs = self.archs if self.archs is not None else list(protocol.archs)
+        count = len(set(self.seeds)) * len(archs) * len(defenses) * len(methods)
+        if count > self.max_cells:
+            raise UebenchError(
+                f"the grid has {count} cells ({len(methods)} methods × {len(defenses)} "
+                f"defenses × {len(archs)} archs × {len(set(self.seeds))} seeds), more than "
+                f"max_cells={self.max_cells}; raise --max-cells to run it"
+            )
         for _, spec in methods:
             method_identity(spec)
             # Building is cheap and runs the plugin's own option checks (its __init__).
@@ -257,8 +289,23 @@ def _bounds_text(bounds: Mapping[str, Any]) -> str:
 
 def _check_writable(key: str, folder: Path) -> None:
     """Create ``folder`` and write and remove a probe file in it; one line if either fails."""
+    # A name longer than the file system allows fails every call below with a traceback-worthy
+    # OSError; 255 bytes is the limit of ext4, xfs, btrfs, APFS and NTFS alike.
+    long = next((part for part in folder.parts if len(os.fsencode(part)) > 255), None)
+    if long is not None:
+        raise UebenchError(
+            f"{key}: the folder name {long[:40]}... is {len(os.fsencode(long))} bytes long; "
+            "file systems allow at most 255"
+        )
     # mkdir's own errors for these ("File exists", "Not a directory") do not say which file.
-    blocker = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
+    try:
+        blocker = next(
+            (p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None
+        )
+    except OSError as error:
+        raise UebenchError(
+            f"{key}: cannot use {folder} ({error.strerror or type(error).__name__})"
+        ) from None
     if blocker == folder:
         raise UebenchError(f"{key}: {folder} is a file, not a folder")
     if blocker is not None:
@@ -292,6 +339,11 @@ def parse_seeds(value: Any) -> list[int]:
                 low, high = (int(end) for end in part.split("-", 1))
                 if high < low:
                     raise UebenchError(f"seeds: the range {part} is reversed; write {high}-{low}")
+                if high - low + 1 + len(seeds) > MAX_SEEDS:
+                    raise UebenchError(
+                        f"seeds: {part} holds {high - low + 1} seeds; at most {MAX_SEEDS} "
+                        "in one grid"
+                    )
                 seeds.extend(range(low, high + 1))
             elif part:
                 seeds.append(int(part))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import socket
 import time
 from collections import Counter
+from pathlib import Path
 
 import pandas as pd
 from tqdm.auto import tqdm
@@ -35,9 +36,9 @@ def run_grid(config: GridConfig) -> pd.DataFrame:
         return run_grid_ray(config)
     if config.backend != "local":
         raise UebenchError(f"unknown backend {config.backend!r}; valid: local, ray")
-    store = ResultStore(config.out)
     cells = config.cells(report=tqdm.write)
     config.check_folders()  # a file in the way fails here, not after the first cell
+    store = ResultStore(config.out)
     todo = [cell for cell in cells if store.read(cell.cell_id) is None]
     if len(todo) < len(cells):
         tqdm.write(
@@ -118,12 +119,20 @@ class CellsFailed(UebenchError):
     Any backend that goes on past a failing cell ends with this, so the exit status says so.
     """
 
-    def __init__(self, failed: list[str], total: int) -> None:
+    def __init__(self, failed: list[str], total: int, out: str | Path | None = None) -> None:
         self.failed = failed
         self.total = total
         shown = "; ".join(failed[:3]) + (f"; and {len(failed) - 3} more" if len(failed) > 3 else "")
+        # The success path prints where the results are; a failed grid has results too.
+        where = (
+            f"; the other cells' records are in {Path(out) / 'cells'}, the table in "
+            f"{Path(out) / 'results.csv'}"
+            if out is not None
+            else ""
+        )
         super().__init__(
-            f"{len(failed)} of {total} cells failed (reported above; rerun to retry them): {shown}"
+            f"{len(failed)} of {total} cells failed (reported above; rerun to retry them): "
+            f"{shown}{where}"
         )
 
 
