@@ -13,15 +13,16 @@ import time
 import torch
 import torch.nn.functional as F
 
-from uebench.crafting import SourceModelSteps, alternate
+from uebench.crafting import SourceModelSteps, alternate, craft_autocast
 from uebench.data import ImageData, to_float
 from uebench.method import CraftContext, Method, check_eps
 from uebench.poison import Poison
-from uebench.training import autocast
 
 
 class ErrorMinimizingLBFGS(Method):
     """Sample-wise error-minimizing noise from the penalized (L-BFGS style) objective."""
+
+    crafts_by_gradient = True
 
     def __init__(
         self,
@@ -94,7 +95,7 @@ class ErrorMinimizingLBFGS(Method):
         delta = start.clone().requires_grad_(True)
         optimizer = torch.optim.Adam([delta], lr=self.lr)
         for _ in range(self.steps):
-            with autocast(x.device):
+            with craft_autocast(x.device):
                 loss = F.cross_entropy(model(x + delta).float(), y, reduction="sum")
             # Per-sample objective c‖δ_i‖² + L_i, summed so each sample's gradient is its own.
             loss = loss + self.c * delta.pow(2).sum()

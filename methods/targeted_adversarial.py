@@ -36,6 +36,7 @@ from torch import nn
 
 from uebench.crafting import (
     accuracy_under_noise,
+    craft_autocast,
     crafting_set,
     minimize_error,
     trained_source,
@@ -44,7 +45,6 @@ from uebench.data import ImageData
 from uebench.errors import UebenchError
 from uebench.method import CraftContext, Method, check_eps
 from uebench.poison import Poison, Surrogate
-from uebench.training import autocast
 
 
 def differentiable_shift_and_flip() -> nn.Module:
@@ -71,6 +71,8 @@ def target_classes(
 
 class TargetedAdversarialPoisoning(Method):
     """Targeted PGD toward a fixed class permutation against a clean-trained source."""
+
+    crafts_by_gradient = True
 
     uses_victim_training = True
 
@@ -167,7 +169,7 @@ class TargetedAdversarialPoisoning(Method):
         """Mean cross-entropy toward the targets over the whole set: a restart's score."""
         total = torch.zeros((), device=x.device)
         for index in batches:
-            with autocast(x.device):
+            with craft_autocast(x.device):
                 logits = seen((x[index] + delta[index]).clamp(0, 1))
             total += F.cross_entropy(logits.float(), target[index], reduction="sum")
         return float(total) / len(x)

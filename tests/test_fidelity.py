@@ -1,0 +1,50 @@
+"""Issue 19: fidelity to the official code (crafting precision, TAP's source, emin-lbfgs's
+solvers, orthogonal projection's pipeline, reference provenance)."""
+
+import pytest
+import torch
+
+import uebench.crafting as crafting
+from uebench.cache import poison_key
+from uebench.errors import UebenchError
+
+
+def test_crafting_runs_in_fp32_and_bf16_only_when_asked(monkeypatch):
+    calls = []
+    real = crafting.autocast
+    monkeypatch.setattr(crafting, "autocast", lambda device: calls.append(device) or real(device))
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
+    x, y = torch.rand(4, 3, 2, 2), torch.tensor([0, 1, 2, 0])
+    crafting.minimize_error(model, x, y, torch.zeros_like(x), eps=0.1, alpha=0.01, steps=2)
+    steps = crafting.SourceModelSteps(
+        model, 4, lr=0.1, batch_size=4, generator=torch.Generator(), device=torch.device("cpu")
+    )
+    steps.step(x, y)
+    assert calls == []  # fp32: the crafting steps never enter autocast
+    monkeypatch.setattr(crafting, "CRAFT_PRECISION", "bf16")
+    crafting.minimize_error(model, x, y, torch.zeros_like(x), eps=0.1, alpha=0.01, steps=1)
+    assert calls  # bf16, when asked, goes through the training autocast (bf16 on CUDA)
+    with pytest.raises(UebenchError, match="fp32 or bf16"):
+        crafting.craft_autocast(torch.device("cpu"), "fp16")
+
+
+def test_gradient_methods_craft_without_the_training_autocast():
+    import methods.error_maximizing
+    import methods.error_minimizing_lbfgs
+    import methods.targeted_adversarial
+
+    for module in (
+        methods.error_maximizing,
+        methods.error_minimizing_lbfgs,
+        methods.targeted_adversarial,
+    ):
+        assert not hasattr(module, "autocast"), module.__name__
+
+
+def test_only_gradient_crafted_poisons_change_key_with_precision(monkeypatch):
+    before = {m: poison_key(m, "fp", {"epochs": 1}) for m in ("emin", "tap", "random", "ar")}
+    monkeypatch.setattr(crafting, "CRAFT_PRECISION", "bf16")
+    after = {m: poison_key(m, "fp", {"epochs": 1}) for m in before}
+    assert before["emin"] != after["emin"] and before["tap"] != after["tap"]
+    assert before["random"] == after["random"] and before["ar"] == after["ar"]
