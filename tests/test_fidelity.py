@@ -48,3 +48,25 @@ def test_only_gradient_crafted_poisons_change_key_with_precision(monkeypatch):
     after = {m: poison_key(m, "fp", {"epochs": 1}) for m in before}
     assert before["emin"] != after["emin"] and before["tap"] != after["tap"]
     assert before["random"] == after["random"] and before["ar"] == after["ar"]
+
+
+def test_tap_official_source_recipe_records_its_quality_and_warns_when_weak(capsys):
+    from tests.test_rem_tap import synthetic
+    from uebench.api import craft
+    from uebench.cache import method_identity
+    from uebench.grid.protocols import resolve_protocol
+
+    data = synthetic(num_classes=3, per_class=20)
+    spec = "tap:steps=1:restarts=1:batch_size=32:source_epochs=1:source=[smallcnn:width=4]"
+    poison = craft(f"{spec}:eps=1/255:source_recipe=official", data)
+    meta = poison.meta
+    assert meta["source_recipe"] == "official" and meta["source_epochs"] == 1
+    assert 0 <= meta["source_clean_acc"] <= 100 and 0 <= meta["target_rate"] <= 1
+    assert poison.surrogate is None  # the normalizing wrapper is not an arch spec
+    assert meta["target_rate"] < 0.5  # one step of 1/255 reaches few targets: warned
+    assert "tap reaches its target class on only" in capsys.readouterr().err
+    # The victim recipe stays the default, under the identity it always had.
+    assert "source_recipe" not in method_identity("tap")["options"]
+    assert method_identity("tap") != method_identity("tap:source_recipe=official")
+    paper = resolve_protocol("paper", "cifar10").methods
+    assert paper["tap"]["source_recipe"] == "official"

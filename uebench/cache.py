@@ -71,6 +71,12 @@ def nested_specs(factory: Any) -> dict[str, str]:
 
 
 def _with_code(canonical: dict[str, Any], factory: Any) -> dict[str, Any]:
+    # Options a plugin gained after its configurations were recorded (``late_options``: name
+    # -> default) stay out of its identity at their default, so old cell ids and keys hold.
+    for name, default in getattr(factory, "late_options", {}).items():
+        if name in canonical.get("options", {}) and canonical["options"][name] == default:
+            canonical = {**canonical, "options": dict(canonical["options"])}
+            del canonical["options"][name]
     code = plugin_code(factory)
     return {**canonical, "code": code} if code is not None else canonical
 
