@@ -70,3 +70,25 @@ def test_tap_official_source_recipe_records_its_quality_and_warns_when_weak(caps
     assert method_identity("tap") != method_identity("tap:source_recipe=official")
     paper = resolve_protocol("paper", "cifar10").methods
     assert paper["tap"]["source_recipe"] == "official"
+
+
+def test_unverified_references_are_shown_never_judged_and_ueraser_rows_name_a_variant(tmp_path):
+    from uebench.references import (
+        UNVERIFIED_STATUS,
+        judge,
+        load_references,
+        read_reference_file,
+    )
+
+    apbench = load_references("apbench")
+    assert len(apbench) == 7 and all("unverified" in r.marks for r in apbench)
+    verdict = judge(apbench[0], [99.0])  # far outside any tolerance, yet not a MISMATCH
+    assert verdict.status == UNVERIFIED_STATUS
+    header = "id,dataset,method,defense,arch,value,tolerance\n"
+    bare = tmp_path / "bare.csv"
+    bare.write_text(header + "a,cifar10,emin,ueraser,resnet18,50,5\n")
+    with pytest.raises(UebenchError, match="must name its variant"):
+        read_reference_file(bare)
+    named = tmp_path / "named.csv"
+    named.write_text(header + "a,cifar10,emin,ueraser:variant=max,resnet18,50,5\n")
+    assert read_reference_file(named)[0].defense == "ueraser:variant=max"
