@@ -92,3 +92,37 @@ def test_unverified_references_are_shown_never_judged_and_ueraser_rows_name_a_va
     named = tmp_path / "named.csv"
     named.write_text(header + "a,cifar10,emin,ueraser:variant=max,resnet18,50,5\n")
     assert read_reference_file(named)[0].defense == "ueraser:variant=max"
+
+
+def test_emin_lbfgs_offers_a_true_lbfgs_solver_within_the_budget(tiny_cnn):
+    import torch.nn.functional as F
+
+    from uebench.cache import method_identity
+    from uebench.registry import METHODS
+
+    model = tiny_cnn()
+    generator = torch.Generator().manual_seed(1)
+    x = torch.rand(12, 3, 6, 6, generator=generator)
+    x[:, 0, 0, 0] = 0.0  # pixels at the range's ends: the change of variables must respect them
+    x[:, 1, 0, 0] = 1.0
+    y = torch.arange(12) % 3
+    eps = 8 / 255
+
+    def objective(delta):
+        with torch.no_grad():
+            loss = F.cross_entropy(model(x + delta), y, reduction="sum")
+            return float(loss + delta.pow(2).sum())
+
+    solved = {}
+    for solver in ("adam", "lbfgs"):
+        method = METHODS.resolve(f"emin-lbfgs:solver={solver}:steps=20").build()
+        delta = method._solve(model, x, y, torch.zeros_like(x))
+        assert float(delta.abs().max()) <= eps + 1e-6
+        assert float((x + delta).min()) >= -1e-6 and float((x + delta).max()) <= 1 + 1e-6
+        solved[solver] = objective(delta)
+    assert solved["lbfgs"] < objective(torch.zeros_like(x))
+    assert solved["lbfgs"] <= solved["adam"] + 1e-3  # 20 L-BFGS iterations do at least as well
+    # Adam stays the default under the identity it always had.
+    assert "solver" not in method_identity("emin-lbfgs")["options"]
+    with pytest.raises(UebenchError, match="not one of adam, lbfgs"):
+        METHODS.resolve("emin-lbfgs:solver=newton").build()
