@@ -126,3 +126,27 @@ def test_emin_lbfgs_offers_a_true_lbfgs_solver_within_the_budget(tiny_cnn):
     assert "solver" not in method_identity("emin-lbfgs")["options"]
     with pytest.raises(UebenchError, match="not one of adam, lbfgs"):
         METHODS.resolve("emin-lbfgs:solver=newton").build()
+
+
+def test_orthoproj_paper_pipeline_adds_strong_augmentation_and_cutmix():
+    from tests.test_field_countermeasures import uint8_trainset
+    from uebench.cache import defense_identity
+    from uebench.grid.cell import build_countermeasure
+
+    train = uint8_trainset(90, shape=(3, 8, 8), k=3)
+    plain = build_countermeasure("orthoproj:epochs=1:device=cpu")
+    paper = build_countermeasure("orthoproj:epochs=1:device=cpu:pipeline=paper")
+    for measure in (plain, paper):
+        measure.prepare(train, torch.Generator().manual_seed(0))
+    x = torch.rand(64, 3, 8, 8)
+    y = train.y[:64]
+    same_x, same_y = plain.augment(x, y)
+    assert same_x is x and same_y is y  # the projection alone leaves batches alone
+    torch.manual_seed(0)
+    soft = 0
+    for _ in range(12):
+        out_x, out_y = paper.augment(x, y)
+        assert not torch.equal(out_x, x) and float(out_x.min()) >= 0 and float(out_x.max()) <= 1
+        soft += out_y.dim() == 2  # a CutMixed batch has soft labels
+    assert 2 <= soft <= 10  # CutMix on about half the batches
+    assert "pipeline" not in defense_identity("orthoproj")[0]["options"]
