@@ -104,11 +104,11 @@ def main() -> None:
         )
     table = pd.DataFrame(rows)
     for column in ("train≥90", "clean train≥90"):
-        table[column] = table[column].astype("Int64")
+        table[column] = [str(v) if v is not None else "never" for v in table[column]]
     with pd.option_context("display.width", 250, "display.max_columns", 20):
         print(table.to_string(index=False, float_format=lambda v: f"{v:.2f}", na_rep="-"))
     chance = 100.0 / data.num_classes
-    print(f"separability: held-out %, chance {chance:.0f}%; train≥90: epoch (- never)")
+    print(f"separability: held-out %, chance {chance:.0f}%; train≥90: first epoch, or never")
 
 
 if __name__ == "__main__":

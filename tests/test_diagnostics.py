@@ -42,6 +42,10 @@ def test_shortcut_speed_reads_the_epoch_training_accuracy_passes_90():
     assert "not being learned at this scale" in shortcut_speed(slow, clean)
     assert "no sooner" in shortcut_speed(_record([40, 70, 85, 92]), clean)
     assert "no clean row" in shortcut_speed(fast, None)
+    # Neither passes 90 %: the whole curves decide.
+    weak_clean = _record([20, 30, 40, 50])
+    assert "taking the shortcut" in shortcut_speed(_record([40, 60, 70, 80]), weak_clean)
+    assert "not being learned" in shortcut_speed(_record([20, 32, 41, 50]), weak_clean)
 
 
 def test_separability_and_speed_reach_records_csv_diagnose_and_report(tmp_path, capsys):
@@ -69,7 +73,7 @@ def test_separability_and_speed_reach_records_csv_diagnose_and_report(tmp_path, 
     assert main(["diagnose", str(out), "--method", "random:form=class"]) == 0
     shown = capsys.readouterr().out
     assert "shortcut separability:" in shown and "shortcut speed:" in shown
-    assert "training accuracy per epoch" in shown and "clean:" in shown
+    assert "training accuracy per epoch" in shown and "no clean row" not in shown
     assert main(["report", str(out), "--format", "md"]) == 0
     page = next(out.rglob("report.md")).read_text()
     assert "Why a poison works or fails" in page and "separability" in page

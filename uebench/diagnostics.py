@@ -28,6 +28,9 @@ from uebench.training import predict
 SEPARABILITY_MAX_IMAGES = 2000
 #: Training accuracy (percent) whose first crossing :func:`shortcut_speed` reports.
 SPEED_THRESHOLD = 90.0
+#: When neither the poisoned nor the clean victim passes the threshold, a mean training accuracy
+#: this many points above the clean one's still reads as the shortcut being taken.
+AHEAD_POINTS = 10.0
 
 
 def per_class_accuracy(confusion: torch.Tensor) -> torch.Tensor:
@@ -190,6 +193,22 @@ def shortcut_speed(
             f"training accuracy passes {threshold:.0f}% sooner than the clean baseline's "
             f"{where}: the victim is taking the shortcut"
         )
+    if mine is None and base is None:
+        # Neither crosses: compare the whole curves (mean training accuracy over the epochs).
+        own, other = mean_train_acc(record), mean_train_acc(clean)
+        means = (
+            f"(neither passes {threshold:.0f}%; mean training accuracy {own:.0f}% vs clean "
+            f"{other:.0f}%)"
+        )
+        if own >= other + AHEAD_POINTS:
+            return (
+                f"training accuracy runs ahead of the clean baseline's {means}: the victim is "
+                "taking the shortcut"
+            )
+        return (
+            f"training accuracy does not outrun the clean baseline's {means}: the poison is "
+            "not being learned at this scale"
+        )
     if mine is None:
         return (
             f"training accuracy never passes {threshold:.0f}% {where}: the poison is not "
@@ -199,3 +218,9 @@ def shortcut_speed(
         f"training accuracy passes {threshold:.0f}% no sooner than the clean baseline's "
         f"{where}: the poison is not learned as a shortcut at this scale"
     )
+
+
+def mean_train_acc(record: dict[str, Any]) -> float:
+    """Mean training accuracy (percent) over a record's epochs (NaN when none is recorded)."""
+    values = [h["train_acc"] for h in record["history"] if h.get("train_acc") is not None]
+    return sum(values) / len(values) if values else float("nan")
