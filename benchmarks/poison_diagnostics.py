@@ -11,7 +11,8 @@ Runs every method in ``--methods`` (cheap ones first) against standard training 
 * ``separability``: the record's ``shortcut_separability``, held-out accuracy of a linear
   classifier on the perturbations alone (Yu et al., KDD 2022);
 * ``train≥90``: the first epoch the victim's training accuracy passes 90 % (clean row's beside
-  it), and the shortcut-speed reading ``uebench diagnose`` gives (Zhu et al., AAAI 2024);
+  it), its mean training accuracy over the epochs, and the shortcut-speed reading ``uebench
+  diagnose`` gives (Zhu et al., AAAI 2024);
 * the victim's final clean test accuracy.
 
 Rerunning resumes (records and poisons are kept under ``--out``).
@@ -27,7 +28,7 @@ import pandas as pd
 import torch
 
 from uebench.cli.diagnose import _setting, clean_baselines
-from uebench.diagnostics import first_epoch_above, shortcut_speed
+from uebench.diagnostics import first_epoch_above, mean_train_acc, shortcut_speed
 from uebench.grid import GridConfig, run_grid
 from uebench.grid.cell import load_cell_data
 from uebench.grid.store import ResultStore
@@ -84,7 +85,8 @@ def main() -> None:
     clean = clean_baselines(records)
     data = load_cell_data("cifar10", args.data_root, args.train_size, args.test_size)
     rows = []
-    for record in sorted(records, key=lambda r: config.methods.index(r["method_spec"])):
+    order = {method: i for i, method in enumerate(config.methods)}
+    for record in sorted(records, key=lambda r: order.get(r["method"], len(order))):
         key = (record.get("poison") or {}).get("cache_key")
         path = out / "cache" / f"{key}.pt"
         norms = published_norms(Poison.load(path), data.x_train) if key and path.exists() else {}
@@ -98,6 +100,7 @@ def main() -> None:
                 "separability": record.get("shortcut_separability"),
                 "train≥90": first_epoch_above(record["history"]),
                 "clean train≥90": first_epoch_above(base["history"]) if base else None,
+                "mean train acc": mean_train_acc(record),
                 "reading": "" if is_clean else shortcut_speed(record, base).split(": ")[-1],
                 "final acc": record["final_acc"],
             }
