@@ -225,6 +225,8 @@ def cells_frame(records: Sequence[dict[str, Any]]) -> pd.DataFrame:
             row[key] = record.get(key)
         row["num_classes"] = _num_classes(record)
         row["threat"] = _threat(record)
+        separability = record.get("shortcut_separability")
+        row["separability"] = float(separability) if _is_number(separability) else None
         row["_clean"] = _is_clean(record)
         for key in ACCURACY_METRICS:
             row[key] = metric_value(record, key)
@@ -307,6 +309,7 @@ def aggregate(cells: pd.DataFrame, metric: str = "final_acc") -> pd.DataFrame:
         defense=("defense", "first"),
         method=("method", "first"),
         threat=("threat", "first"),
+        separability=("separability", "mean"),
         epochs=("epochs", "first"),
         train_size=("train_size", "first"),
         test_size=("test_size", "first"),
@@ -357,6 +360,8 @@ def aggregate(cells: pd.DataFrame, metric: str = "final_acc") -> pd.DataFrame:
         "train_size",
         "test_size",
     ]
+    if board["separability"].notna().any():  # shortcut separability (%), where recorded
+        columns.insert(columns.index("threat") + 1, "separability")
     if "protocol" in board.columns:
         columns.append("protocol")
     hidden = [k for k in board.columns if k.startswith("_key_")] + ["_baseline", "_num_classes"]
@@ -420,6 +425,12 @@ def pivot(board: pd.DataFrame, rank_by: str = "mean", values: str = "mean") -> p
         threats = board.groupby(index, sort=False, dropna=False)["threat"].first()
         keys = pd.MultiIndex.from_frame(wide[index])
         wide.insert(len(index), "threat", threats.reindex(keys).to_numpy())
+    if "separability" in board.columns and board["separability"].notna().any():
+        # A property of the poison, the same under every countermeasure: shown once per method.
+        found = board.groupby(index, sort=False, dropna=False)["separability"].mean()
+        keys = pd.MultiIndex.from_frame(wide[index])
+        at = list(wide.columns).index("threat") + 1 if "threat" in wide.columns else len(index)
+        wide.insert(at, "separability", found.reindex(keys).to_numpy())
     return wide.sort_values([*index[:-1], "score", "method"], kind="stable").reset_index(drop=True)
 
 

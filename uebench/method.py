@@ -84,6 +84,10 @@ class Method:
     #: True when :meth:`craft` trains a source model with the grid's training config, which
     #: then becomes part of the poison's cache key.
     uses_victim_training: bool = False
+    #: True when :meth:`craft` takes gradient steps (on the noise or a source model): its
+    #: poison key then names the crafting precision (:data:`uebench.crafting.CRAFT_PRECISION`),
+    #: so poisons crafted under bf16 autocast before crafting became fp32 are not reused.
+    crafts_by_gradient: bool = False
 
     def craft(self, data: ImageData, ctx: CraftContext) -> Poison:
         raise NotImplementedError

@@ -27,7 +27,7 @@ from uebench.cache import (
 )
 from uebench.countermeasure import TrainingContext, TrainSet, build_countermeasure
 from uebench.data import ImageData
-from uebench.diagnostics import backdoor_success_rate, per_class_accuracy
+from uebench.diagnostics import backdoor_success_rate, per_class_accuracy, poison_separability
 from uebench.errors import UebenchError, plugin_errors
 from uebench.grid.protocols import resolve_protocol
 from uebench.method import CraftContext
@@ -324,6 +324,7 @@ def run_cell(
         "confusion_matrix": confusion.tolist(),
         "per_class_acc": [None if value != value else value for value in per_class.tolist()],
         "backdoor_success": backdoor,
+        "shortcut_separability": poison_separability(poison, data),
         "poison_hash": poison.content_hash(),
         "threat": poison.threat.describe(),
         "poison": {

@@ -57,6 +57,7 @@ CSV_COLUMNS = [
     "selected_acc",
     "selected_epoch",
     "backdoor_success",
+    "shortcut_separability",
     "train_size",
     "test_size",
     "num_classes",
