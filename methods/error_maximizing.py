@@ -13,15 +13,16 @@ import torch
 import torch.nn.functional as F
 import torchattacks
 
-from uebench.crafting import start_crafting
+from uebench.crafting import craft_autocast, start_crafting
 from uebench.data import ImageData
 from uebench.method import CraftContext, Method, check_eps, check_fraction
 from uebench.poison import Poison
-from uebench.training import autocast
 
 
 class ErrorMaximizing(Method):
     """Adversarial noise, sample-wise or class-wise (universal per class)."""
+
+    crafts_by_gradient = True
 
     uses_victim_training = True
 
@@ -86,7 +87,7 @@ class ErrorMaximizing(Method):
         for _ in ctx.track(range(self.steps), "emax:class"):
             for index in torch.arange(len(x), device=x.device).split(self.batch_size):
                 shared = delta.clone().requires_grad_(True)
-                with autocast(x.device):
+                with craft_autocast(x.device):
                     logits = model((x[index] + shared[y[index]]).clamp(0, 1))
                     loss = F.cross_entropy(logits.float(), y[index])
                 (grad,) = torch.autograd.grad(loss, shared)

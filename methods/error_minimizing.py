@@ -39,6 +39,8 @@ from uebench.poison import Poison, Surrogate
 class ErrorMinimizing(Method):
     """Sample-wise (``form=sample``) or class-wise (``form=class``) error-minimizing noise."""
 
+    crafts_by_gradient = True
+
     #: The name progress bars show.
     label = "emin"
 

@@ -46,6 +46,8 @@ def crop_windows(x: torch.Tensor, top: torch.Tensor, left: torch.Tensor, size: i
 class PatchErrorMinimizing(Method):
     """Class-wise error-minimizing noise confined to a random ``size``×``size`` patch."""
 
+    crafts_by_gradient = True
+
     def __init__(
         self,
         *,

@@ -49,6 +49,8 @@ Adversary = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 class RobustErrorMinimizing(Method):
     """Robust error-minimizing (min-min-max) sample-wise noise."""
 
+    crafts_by_gradient = True
+
     def __init__(
         self,
         *,

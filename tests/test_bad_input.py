@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -185,8 +184,9 @@ def test_unusable_output_folders_fail_before_any_work(tmp_path: Path, capsys, no
         assert all(word in message for word in words), message
     assert blocker.read_text() == "not a folder"
     config = GridConfig(out=str(tmp_path / "fine" / "run"))
-    config.check_folders()  # creates both folders, leaves no probe behind
-    assert list((tmp_path / "fine" / "run").iterdir()) == []
+    config.check_folders()  # creates both folders (and cells/), leaves no probe behind
+    assert [path.name for path in (tmp_path / "fine" / "run").iterdir()] == ["cells"]
+    assert list((tmp_path / "fine" / "run" / "cells").iterdir()) == []
     assert list((tmp_path / "fine" / "cache").iterdir()) == []
 
 
@@ -367,13 +367,12 @@ def test_only_cache_entries_are_called_deletable(tmp_path: Path) -> None:
         Poison.load(junk, cache_entry=True)
 
 
-def test_diagnose_does_not_promise_a_recomputation(tmp_path: Path) -> None:
+def test_diagnose_does_not_promise_a_recomputation(tmp_path: Path, capsys) -> None:
     cells = tmp_path / "run" / "cells"
     cells.mkdir(parents=True)
     (cells / "0123456789abcdef.json").write_text(json.dumps({"cell_id": "0123"})[:7])
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        with pytest.raises(UebenchError, match="no finished cell"):
-            select_records(tmp_path / "run")
-    (warning,) = [str(w.message) for w in caught if "unreadable" in str(w.message)]
+    with pytest.raises(UebenchError, match="no finished cell"):
+        select_records(tmp_path / "run")
+    (warning,) = capsys.readouterr().err.strip().splitlines()
+    assert warning.startswith("uebench: warning: record ") and "not valid JSON" in warning
     assert "`uebench run` recomputes it" in warning and "will be recomputed" not in warning

@@ -209,3 +209,18 @@ def test_cli_errors_are_one_line(grid, tmp_path, capsys):
     assert "--save-models" in error and error.count("\n") == 1
     assert main(["certify", str(record), "--q", "1.5", "-n", "5", "--no-progress"]) == 2
     assert "q must be in" in capsys.readouterr().err
+
+
+def test_cli_refuses_a_saved_model_that_is_not_the_one_trained(grid, tmp_path, capsys):
+    _, record = grid
+    saved = json.loads(record.read_text())
+    assert len(saved["model_sha256"]) == 64
+    state = torch.load(saved["model_path"], weights_only=True)
+    tampered = tmp_path / "model.pt"
+    torch.save({name: value * 1e6 if value.is_floating_point() else value
+                for name, value in state.items()}, tampered)  # fmt: skip
+    forged = tmp_path / "forged.json"
+    forged.write_text(json.dumps({**saved, "model_path": str(tampered)}))
+    assert main(["certify", str(forged), "-n", "5", "--no-progress", "--no-plot"]) == 2
+    error = capsys.readouterr().err
+    assert "is not the one cell" in error and error.count("\n") == 1

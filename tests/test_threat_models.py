@@ -139,3 +139,28 @@ def test_descriptions_read_as_papers_write_them():
         ThreatModel("l1", 1.0)  # type: ignore[arg-type]
     with pytest.raises(UebenchError, match="counts pixels"):
         ThreatModel.l0(1.5)  # type: ignore[arg-type]
+
+
+def test_l2_publication_keeps_the_radius_not_a_truncation():
+    """Issue 19 point 1: an image that rounds past the radius loses only a few levels.
+
+    Truncating a whole over-radius image (the old rule) published AR at ~0.95 of its radius on
+    CIFAR-10; the official code rounds to nearest.  Moving only the cheapest pixels back keeps
+    the mean within 1 % of the radius, no row over it, and the nearest rounding's cosine.
+    """
+    generator = torch.Generator().manual_seed(5)
+    x = torch.randint(40, 216, (256, 3, 32, 32), generator=generator, dtype=torch.uint8)
+    delta = torch.randn(256, 3, 32, 32, generator=generator)
+    delta = delta / delta.flatten(1).norm(dim=1).view(-1, 1, 1, 1)  # on the unit sphere
+    poison = Poison(delta, torch.arange(256), ThreatModel.l2(1.0))
+    change = (poison.apply(x).float() - x.float()) / 255
+    norms = change.flatten(1).norm(dim=1)
+    nearest = (x.float() + delta * 255).round() - x.float()
+    assert float((nearest.flatten(1).norm(dim=1) / 255 > 1).float().mean()) > 0.3  # a real test
+    assert float(norms.max()) <= 1.0 + 1e-5
+    assert float(norms.mean()) >= 0.99
+    cosine = torch.nn.functional.cosine_similarity(change.flatten(1), delta.flatten(1))
+    nearest_cosine = torch.nn.functional.cosine_similarity(nearest.flatten(1), delta.flatten(1))
+    assert float(cosine.mean()) >= float(nearest_cosine.mean()) - 1e-3
+    # Only pixels rounded away from the original move, by one level toward it.
+    assert float((change * 255 - nearest).abs().max()) <= 1.0

@@ -7,6 +7,7 @@ import contextlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from uebench.errors import UebenchError
 from uebench.files import remove_stale_temporaries
 from uebench.poison import Poison
 
@@ -24,6 +25,23 @@ class PoisonCache:
     def path(self, key: str) -> Path:
         return self.root / f"{key}.pt"
 
+    def load(self, key: str) -> Poison:
+        """The verified poison stored under ``key``.
+
+        Besides its content hash (:meth:`Poison.load`), the file must name ``key`` as its own
+        cache key: every poison the cache writes is stamped with it, so a file copied under
+        another key's name, or one not written by the cache, is refused rather than used.
+        """
+        path = self.path(key)
+        poison = Poison.load(path, cache_entry=True)
+        stored = poison.meta.get("cache_key")
+        if stored != key:
+            held = f"the poison of key {stored}" if stored else "no cache key"
+            raise UebenchError(
+                f"poison file {path} holds {held}, not {key}; delete it to recompute"
+            )
+        return poison
+
     def get_or_craft(self, key: str, craft: Callable[[], Poison]) -> Poison:
         """The cached poison for ``key``, or ``craft()`` saved under it.
 
@@ -33,13 +51,13 @@ class PoisonCache:
         path = self.path(key)
         if path.exists():
             self.hits += 1
-            return Poison.load(path, cache_entry=True)
+            return self.load(key)
         # Two processes on one grid (claims share its cells) often need the same poison at
         # once: the second waits for the first's file instead of crafting it again.
         with _crafting_lock(self.root / f".{key}.lock"):
             if path.exists():
                 self.hits += 1
-                return Poison.load(path, cache_entry=True)
+                return self.load(key)
             self.misses += 1
             poison = craft()
             poison.meta = {**poison.meta, "cache_key": key}

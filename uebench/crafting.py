@@ -20,10 +20,29 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from uebench.data import ImageData, stratified_indices, to_float
+from uebench.errors import UebenchError
 from uebench.training import autocast, standard_augmentation, train
 
 if TYPE_CHECKING:
     from uebench.method import CraftContext
+
+
+#: Precision of crafting's gradient steps (noise updates and the bi-level loop's source steps).
+#: Every official code crafts in fp32; bf16's step near 1 (1/256) is larger than TAP's
+#: (0.4/255) and REM's inner steps (0.8/255), so bf16 would quantize the very updates crafting
+#: takes.  Victim training keeps its own setting (``TrainConfig.amp``).
+CRAFT_PRECISION = "fp32"
+
+
+def craft_autocast(
+    device: torch.device, precision: str | None = None
+) -> contextlib.AbstractContextManager:
+    """The autocast context of a crafting step: none for ``fp32`` (the default,
+    :data:`CRAFT_PRECISION`), bf16 autocast on CUDA for ``bf16``."""
+    chosen = CRAFT_PRECISION if precision is None else precision
+    if chosen not in ("fp32", "bf16"):
+        raise UebenchError(f"crafting precision must be fp32 or bf16, got {chosen!r}")
+    return autocast(device) if chosen == "bf16" else contextlib.nullcontext()
 
 
 @dataclass
@@ -135,7 +154,7 @@ class SourceModelSteps:
     def step(self, x: torch.Tensor, y: torch.Tensor) -> float:
         """One SGD step on a float batch in [0, 1]; returns the loss."""
         self.model.train()
-        with autocast(self.device):
+        with craft_autocast(self.device):
             loss = F.cross_entropy(self.model(x).float(), y)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -173,7 +192,7 @@ class SmoothedSourceSteps(SourceModelSteps):
         total = torch.zeros((), device=x.device)
         for sigma, weight in self.weight_noise.samples():
             with perturbed_weights(self.model, sigma, self.weight_noise.generator):
-                with autocast(self.device):
+                with craft_autocast(self.device):
                     loss = F.cross_entropy(self.model(x).float(), y)
                 (loss * (weight / self.weight_noise.total)).backward()
             total += loss.detach() * weight
@@ -208,14 +227,14 @@ def minimize_error(
     for _ in range(steps):
         delta.requires_grad_(True)
         if weight_noise is None:
-            with autocast(x.device):
+            with craft_autocast(x.device):
                 loss = loss_of(x + delta, y)
             (grad,) = torch.autograd.grad(loss, delta)
         else:
             grad = torch.zeros_like(delta)
             for sigma, weight in weight_noise.samples():
                 with perturbed_weights(model, sigma, weight_noise.generator):
-                    with autocast(x.device):
+                    with craft_autocast(x.device):
                         loss = loss_of(x + delta, y)
                     grad += weight * torch.autograd.grad(loss, delta)[0]
         delta = (delta.detach() - alpha * grad.sign()).clamp_(-eps, eps)
@@ -231,7 +250,7 @@ def accuracy_under_noise(
     model.eval()
     correct = 0
     for index in torch.arange(len(x), device=x.device).split(batch_size):
-        with autocast(x.device):
+        with craft_autocast(x.device):
             logits = model((x[index] + noise_of(index)).clamp(0, 1))
         correct += int((logits.argmax(1) == y[index]).sum())
     return correct / max(len(x), 1)
@@ -351,11 +370,13 @@ def start_crafting(
     source: str,
     subset: float = 1.0,
     source_epochs: int | None = None,
+    train_source: Callable[..., nn.Module] | None = None,
 ) -> CraftingStart:
     """The opening every crafting method shares: seed torch and a generator with ``seed``,
     build the ``source`` model (trained on the clean training set for ``source_epochs`` epochs
-    as the victim would be, when given: :func:`trained_source`) and take the stratified
-    ``subset`` of the training set to craft on (:func:`crafting_set`).
+    as the victim would be, when given: :func:`trained_source`, or ``train_source`` with the
+    same arguments for another recipe) and take the stratified ``subset`` of the training set
+    to craft on (:func:`crafting_set`).
 
     The order is the one the methods always used (model, then crafting set, which draws from
     its own seeded generator), so their poisons are what they were.
@@ -366,7 +387,7 @@ def start_crafting(
     if source_epochs is None:
         model = ctx.build_model(source, data)
     else:
-        model = trained_source(source, data, ctx, source_epochs, generator)
+        model = (train_source or trained_source)(source, data, ctx, source_epochs, generator)
     indices, x, y = crafting_set(data, subset, seed, ctx.device)
     return CraftingStart(generator, ctx.device, model, indices, x, y, started)
 

@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from uebench.errors import UebenchError
+
 #: A temporary file of a writer that cannot be asked (another host, a reused pid, a name from
 #: before writers were tagged) is removed once it is this old.  An atomic write lasts from
 #: creating its temporary file to renaming it: seconds for a poison, minutes at worst on a slow
@@ -108,3 +110,38 @@ def atomic_write(path: Path, write: Any, mode: str = "wb") -> None:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def check_writable(key: str, folder: Path) -> None:
+    """Create ``folder`` and write and remove a probe file in it; one line naming ``key`` (the
+    setting that chose the folder) if either fails."""
+    # A name longer than the file system allows fails every call below with a traceback-worthy
+    # OSError; 255 bytes is the limit of ext4, xfs, btrfs, APFS and NTFS alike.
+    long = next((part for part in folder.parts if len(os.fsencode(part)) > 255), None)
+    if long is not None:
+        raise UebenchError(
+            f"{key}: the folder name {long[:40]}... is {len(os.fsencode(long))} bytes long; "
+            "file systems allow at most 255"
+        )
+    # mkdir's own errors for these ("File exists", "Not a directory") do not say which file.
+    try:
+        blocker = next(
+            (p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None
+        )
+    except OSError as error:
+        raise UebenchError(
+            f"{key}: cannot use {folder} ({error.strerror or type(error).__name__})"
+        ) from None
+    if blocker == folder:
+        raise UebenchError(f"{key}: {folder} is a file, not a folder")
+    if blocker is not None:
+        raise UebenchError(f"{key}: cannot create {folder}: {blocker} is a file")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        handle, probe = tempfile.mkstemp(dir=folder, prefix=".uebench-probe-")
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as error:
+        raise UebenchError(
+            f"{key}: cannot write to {folder} ({error.strerror or type(error).__name__})"
+        ) from None

@@ -13,6 +13,7 @@ import hashlib
 import json
 from typing import Any
 
+from uebench.crafting import CRAFT_PRECISION
 from uebench.registry import METHODS, REGISTRIES
 from uebench.version import plugin_code, plugin_provenance
 
@@ -75,6 +76,12 @@ def nested_specs(factory: Any) -> dict[str, str]:
 
 
 def _with_code(canonical: dict[str, Any], factory: Any) -> dict[str, Any]:
+    # Options a plugin gained after its configurations were recorded (``late_options``: name
+    # -> default) stay out of its identity at their default, so old cell ids and keys hold.
+    for name, default in getattr(factory, "late_options", {}).items():
+        if name in canonical.get("options", {}) and canonical["options"][name] == default:
+            canonical = {**canonical, "options": dict(canonical["options"])}
+            del canonical["options"][name]
     code = plugin_code(factory)
     return {**canonical, "code": code} if code is not None else canonical
 
@@ -106,13 +113,17 @@ def spec_plugins(kind: str, spec: str) -> list[dict[str, Any]]:
 
 def poison_key(method: str, data_fingerprint: str, train_config: dict[str, Any] | None) -> str:
     """The cache key of ``method``'s poison on a dataset; the victim's training config joins it
-    only for methods that train a source model with it (``uses_victim_training``)."""
+    only for methods that train a source model with it (``uses_victim_training``), the
+    crafting precision only for methods that craft by gradient (``crafts_by_gradient``)."""
     factory = METHODS.resolve(method).factory
     uses_training = getattr(factory, "uses_victim_training", False)
-    return cache_key(
-        {
-            "method": method_identity(method, crafting=True),
-            "data": data_fingerprint,
-            "train": train_config if uses_training else None,
-        }
-    )
+    parts = {
+        "method": method_identity(method, crafting=True),
+        "data": data_fingerprint,
+        "train": train_config if uses_training else None,
+    }
+    if getattr(factory, "crafts_by_gradient", False):
+        # Only gradient-crafted poisons changed when crafting left bf16 (issue 19): others
+        # keep their keys.
+        parts["craft_precision"] = CRAFT_PRECISION
+    return cache_key(parts)

@@ -49,7 +49,16 @@ class CraftContext:
         if self.cache is None:
             return build()
         key = poison_key(method, data.fingerprint(), self.train_config.as_dict())
-        return self.cache.get_or_craft(key, build)
+        poison = self.cache.get_or_craft(key, build)
+        # A hit was made by whoever wrote the file: hold it to the method's budget as a fresh
+        # crafting is (craft_within_threat), so a forged unbounded file is not trained on.
+        check_declared_threat(
+            METHODS.resolve(method).without_common().build(),
+            poison,
+            method,
+            f"its poison cache file {self.cache.path(key)} holds",
+        )
+        return poison
 
     def build_model(self, arch: str, data: ImageData) -> nn.Module:
         """A fresh source model from an architecture spec such as ``resnet18:width=16``."""
@@ -72,6 +81,10 @@ class Method:
     #: True when :meth:`craft` trains a source model with the grid's training config, which
     #: then becomes part of the poison's cache key.
     uses_victim_training: bool = False
+    #: True when :meth:`craft` takes gradient steps (on the noise or a source model): its
+    #: poison key then names the crafting precision (:data:`uebench.crafting.CRAFT_PRECISION`),
+    #: so poisons crafted under bf16 autocast before crafting became fp32 are not reused.
+    crafts_by_gradient: bool = False
 
     def craft(self, data: ImageData, ctx: CraftContext) -> Poison:
         raise NotImplementedError
@@ -97,14 +110,29 @@ def craft_within_threat(method: Method, data: ImageData, ctx: CraftContext, spec
     every row); this checks that the budget it carries is no larger than the one its method
     declares, so a method cannot claim L∞ 8/255 and hand back L∞ 16/255 or an L2 poison.
     """
-    poison = method.craft(data, ctx)
+    try:
+        poison = method.craft(data, ctx)
+    except UebenchError as error:
+        # Poison's own checks (NaN noise, rows out of range, a row over its budget) do not
+        # know which method made it; the user needs to.
+        if spec in str(error):
+            raise
+        raise UebenchError(f"method {spec!r} failed while crafting: {error}") from error
+    check_declared_threat(method, poison, spec)
+    return poison
+
+
+def check_declared_threat(
+    method: Method, poison: Poison, spec: str, source: str = "crafted"
+) -> None:
+    """Refuse ``poison`` when its budget is larger than the one ``method`` declares."""
     declared = method.threat_model()
     if declared is not None and not declared.allows(poison.threat):  # type: ignore[arg-type]
         raise UebenchError(
-            f"method {spec!r} declares {declared.describe()} but crafted a poison of "
+            f"method {spec!r} declares {declared.describe()} but {source} a poison of "
             f"{poison.threat.describe()}"  # type: ignore[union-attr]
+            + ("; delete it to recompute" if source != "crafted" else "")
         )
-    return poison
 
 
 def check_eps(eps: float) -> float:

@@ -26,6 +26,9 @@ from uebench.spec import parse_float, split_list
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
+#: No seed list may hold more seeds than this, whatever a grid's ``max_cells`` says: expanding
+#: ``0-100000000`` alone would take gigabytes before any bound could be checked.
+MAX_SEEDS = 1_000_000
 
 
 def convert(
@@ -219,6 +222,11 @@ def parse_seeds(value: Any) -> list[int]:
                 low, high = (int(end) for end in part.split("-", 1))
                 if high < low:
                     raise UebenchError(f"seeds: the range {part} is reversed; write {high}-{low}")
+                if high - low + 1 + len(seeds) > MAX_SEEDS:
+                    raise UebenchError(
+                        f"seeds: {part} holds {high - low + 1} seeds; at most {MAX_SEEDS} "
+                        "in one grid"
+                    )
                 seeds.extend(range(low, high + 1))
             elif part:
                 seeds.append(int(part))

@@ -16,6 +16,9 @@ from dataclasses import dataclass, field
 from uebench.errors import UebenchError
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
+#: Deepest bracket nesting a spec may have (a source model's source model is 2); parsing
+#: and resolving recurse once per level, so a thousand levels would end in RecursionError.
+MAX_NESTING = 16
 
 
 @dataclass(frozen=True)
@@ -65,15 +68,24 @@ def _split_outside_brackets(text: str, separator: str) -> list[str]:
     for char in text:
         depth += {"[": 1, "]": -1}.get(char, 0)
         if depth < 0:
-            raise UebenchError(f"bad spec {text!r}: unbalanced ']'")
+            raise UebenchError(f"bad spec {_short(text)}: unbalanced ']'")
+        if depth > MAX_NESTING:
+            raise UebenchError(
+                f"bad spec {_short(text)}: brackets nest deeper than {MAX_NESTING} levels"
+            )
         if char == separator and depth == 0:
             parts.append("".join(current))
             current = []
         else:
             current.append(char)
     if depth:
-        raise UebenchError(f"bad spec {text!r}: unbalanced '['")
+        raise UebenchError(f"bad spec {_short(text)}: unbalanced '['")
     return [*parts, "".join(current)]
+
+
+def _short(text: str, limit: int = 80) -> str:
+    """``text`` quoted, cut to ``limit`` characters so an error stays one readable line."""
+    return repr(text) if len(text) <= limit else repr(text[: limit - 3] + "...")
 
 
 def split_list(text: str | list[str] | tuple[str, ...]) -> list[str]:
@@ -87,11 +99,20 @@ def split_list(text: str | list[str] | tuple[str, ...]) -> list[str]:
     items, depth, start = [], 0, 0
     for position, char in enumerate(text):
         depth += {"[": 1, "]": -1}.get(char, 0)
-        if char == "," and depth == 0 and re.match(r"\s*[A-Za-z_]", text[position + 1 :]):
+        if char == "," and depth == 0 and re.match(r"\s*([A-Za-z_]|,|$)", text[position + 1 :]):
             items.append(text[start:position])
             start = position + 1
     items.append(text[start:])
-    return [item.strip() for item in items if item.strip()]
+    # An empty item between two commas is a typo (``clean,,emin``); said as such rather than
+    # as "'clean,' is not a name".  Blanks at either end (``clean,``) are harmless.
+    inner = [item.strip() for item in items]
+    while inner and not inner[-1]:
+        inner.pop()
+    while inner and not inner[0]:
+        inner.pop(0)
+    if any(not item for item in inner):
+        raise UebenchError(f"bad list {_short(text)}: an empty item between two commas")
+    return inner
 
 
 def parse_float(value: str, *, finite: bool = True) -> float:

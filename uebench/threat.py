@@ -130,20 +130,55 @@ class ThreatModel:
         """``x + delta`` as a published uint8 image that stays within the budget.
 
         L∞ rounds to the nearest level and clips to ⌊ε·255⌋ levels (as before threat models
-        existed, so old poisons give the same images).  L2 rounds to nearest too, but an image
-        whose rounded change would exceed the radius is rounded toward the original instead,
-        which can only shrink every pixel's change.  L0 and unbounded noise round to nearest:
-        rounding never makes a zero change non-zero.
+        existed, so old poisons give the same images).  L2 rounds to nearest too, as AR's
+        official code does; an image whose rounded change exceeds the radius then has only
+        the pixels that buy the most norm for the least distortion moved one level back
+        toward the original until it fits (:func:`fit_l2_levels`), so its published norm is
+        the radius less at most one level's worth, not the truncation's ~6 % less.  L0 and
+        unbounded noise round to nearest: rounding never makes a zero change non-zero.
         """
         if self.norm == "linf":
             return add_noise_uint8(x, delta, self.budget)
         nearest = add_noise_uint8(x, delta)
         if self.norm != "l2" or not len(x):
             return nearest
-        change = (nearest.float() - x.float()) / 255.0
-        over = change.flatten(1).norm(dim=1) > float(self.budget)  # type: ignore[arg-type]
-        if over.any():
-            exact = (x[over].float() + delta[over].float() * 255.0).clamp(0, 255)
-            moved = exact - x[over].float()
-            nearest[over] = (x[over].float() + moved.trunc()).to(torch.uint8)
+        radius = float(self.budget) * 255.0  # type: ignore[arg-type]
+        change = nearest.float() - x.float()
+        over = (change.flatten(1).square().sum(1) > radius**2).nonzero().flatten()
+        # Chunks bound the sort's memory on a whole training set.
+        for chunk in over.split(_L2_CHUNK):
+            exact = (x[chunk].float() + delta[chunk].float() * 255.0).clamp(0, 255) - x[
+                chunk
+            ].float()
+            fitted = fit_l2_levels(change[chunk].flatten(1), exact.flatten(1), radius)
+            nearest[chunk] = (x[chunk].float() + fitted.view_as(exact)).to(torch.uint8)
         return nearest
+
+
+#: Images fitted to an L2 radius at once (each costs a sort over its C·H·W pixels).
+_L2_CHUNK = 2048
+
+
+def fit_l2_levels(rounded: torch.Tensor, exact: torch.Tensor, radius: float) -> torch.Tensor:
+    """Integer changes (rows of ``rounded``, levels) brought within L2 ``radius`` (levels).
+
+    ``rounded`` is ``exact`` rounded to nearest.  Only pixels rounded *away* from the original
+    are moved, one level toward it (which is ``exact`` rounded toward zero, so the result never
+    exceeds the exact change's norm, itself within the radius).  Moving pixel i buys
+    2|c_i| − 1 in squared norm and costs 1 − 2(|c_i| − |e_i|) in squared distance from the
+    exact change; pixels are moved in increasing cost per norm bought, only as many as the
+    row needs: a greedy knapsack that keeps the published noise as close to the crafted one
+    as the radius allows.  Rows already within the radius are returned unchanged.
+    """
+    size = rounded.abs()
+    movable = size > exact.abs() + 1e-6
+    gain = torch.where(movable, 2 * size - 1, torch.zeros_like(size))
+    cost = 1 - 2 * (size - exact.abs())
+    order = torch.where(movable, cost / gain.clamp(min=1), torch.full_like(size, float("inf")))
+    ranked = order.argsort(dim=1, stable=True)
+    bought = gain.gather(1, ranked).cumsum(1)
+    excess = rounded.square().sum(1, keepdim=True) - radius**2
+    # A pixel is moved when the norm bought before it still leaves the row over the radius.
+    needed = (bought - gain.gather(1, ranked)) < excess
+    moved = torch.zeros_like(movable).scatter_(1, ranked, needed) & movable
+    return rounded - moved.to(rounded.dtype) * rounded.sign()

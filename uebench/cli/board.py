@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from uebench.errors import UebenchError
-from uebench.files import atomic_write
+from uebench.files import atomic_write, check_writable
 from uebench.results.leaderboard import (
     NEAR_CHANCE_STATUS,
     RANK_BY,
@@ -148,5 +148,7 @@ def _compare(args: argparse.Namespace) -> None:
 
 def _report(args: argparse.Namespace) -> None:
     out = args.out or str(Path(args.run_dirs[0]) / "report")
+    # A file in the way (or a read-only place) is one line before any record is read.
+    check_writable("report -o", Path(out))
     page = write_report(args.run_dirs, out, args.format, args.metric, args.rank_by, args.reference)
     print(f"wrote {page}")

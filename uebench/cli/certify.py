@@ -11,7 +11,9 @@ for a cell, ``<poison folder>/certify/<key>.{json,csv,png}`` for a poison file (
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -165,6 +167,7 @@ def cell_target(path: Path, which: str = "victim", test_size: int | None = None)
             )
         model = ARCHS.build(record["arch"], data.num_classes, data.image_shape)
         model_path = Path(record["model_path"])
+        _verify_model_file(model_path, record.get("model_sha256"), cell_id)
         _load_state(model, model_path)
         meta.update({"model": "victim", "arch": record["arch"], "model_path": str(model_path)})
         return Target(model, data, out, f"{cell_id}-victim", meta)
@@ -221,6 +224,29 @@ def _surrogate(
         "poison_meta": poison.meta,
     }
     return surrogate.build(), meta
+
+
+def _verify_model_file(path: Path, expected: Any, cell_id: str) -> None:
+    """Refuse a saved victim whose bytes are not those its cell's run wrote (the record keeps
+    their sha256): certifying altered weights would certify a model nobody trained."""
+    if expected is None:  # records written before models were hashed
+        print(
+            f"uebench: warning: cell {cell_id}'s record keeps no hash of its model (written "
+            "before they were kept); its weights are not verified",
+            file=sys.stderr,
+        )
+        return
+    try:
+        actual = hashlib.sha256(path.read_bytes()).hexdigest()
+    except FileNotFoundError:
+        raise UebenchError(f"saved model {path} does not exist") from None
+    except OSError as error:
+        raise UebenchError(f"cannot read saved model {path}: {error.strerror}") from None
+    if actual != expected:
+        raise UebenchError(
+            f"saved model {path} is not the one cell {cell_id} trained (sha256 differs from its "
+            "record); rerun the cell with uebench run --save-models"
+        )
 
 
 def _load_state(model: nn.Module, path: Path) -> None:

@@ -1,5 +1,6 @@
-"""``uebench diagnose RUN_DIR``: a cell's diagnostics as text — learning curve, per-class
-accuracy, confusion matrix, backdoor success and what its countermeasure recorded."""
+"""``uebench diagnose RUN_DIR``: a cell's diagnostics as text — learning curves (training and
+clean test accuracy), shortcut separability and learning speed against the clean row,
+per-class accuracy, confusion matrix, backdoor success and what its countermeasure recorded."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 
 import pandas as pd
 
+from uebench.diagnostics import clean_baselines, record_setting, shortcut_speed
 from uebench.errors import UebenchError
 from uebench.grid.store import ResultStore
 
@@ -49,8 +51,9 @@ def select_records(
     return records
 
 
-def describe(record: dict[str, Any]) -> str:
-    """One cell's diagnostics as a block of text."""
+def describe(record: dict[str, Any], clean: dict[str, Any] | None = None) -> str:
+    """One cell's diagnostics as a block of text; ``clean`` is the clean row of its setting
+    (for the shortcut-speed reading), when the run has one."""
     lines = [
         f"cell {record['cell_id']}: {record['dataset']} · {record['method']} · "
         f"{record['defense']} · {record['arch']} · seed {record['seed']}",
@@ -68,6 +71,19 @@ def describe(record: dict[str, Any]) -> str:
         )
     curve = " ".join(f"{h['test_acc']:.0f}" for h in record["history"])
     lines.append(f"  learning curve (test acc per epoch): {curve}")
+    trained = " ".join(
+        "-" if h.get("train_acc") is None else f"{h['train_acc']:.0f}" for h in record["history"]
+    )
+    lines.append(f"  training accuracy per epoch:        {trained}")
+    separability = record.get("shortcut_separability")
+    if separability is not None:
+        chance = 100.0 / max(int(record.get("num_classes") or 1), 1)
+        lines.append(
+            f"  shortcut separability: {separability:.1f}% (a linear classifier on the applied "
+            f"perturbations alone, held out; chance {chance:.0f}%)"
+        )
+    if str(record.get("method_spec", record["method"])) != "clean":
+        lines.append(f"  shortcut speed: {shortcut_speed(record, clean)}")
     notes = {
         k: v for k, v in record.get("countermeasure_notes", {}).items() if k not in _LONG_NOTES
     }
@@ -92,4 +108,19 @@ def _short(value: Any) -> str:
 
 def _diagnose(args: argparse.Namespace) -> None:
     records = select_records(args.run_dir, args.cell, args.method, args.defense)
-    print("\n\n".join(describe(record) for record in records))
+    # The clean rows come from the whole run, whatever the filters keep.
+    baselines = clean_baselines(select_records(args.run_dir))
+    print("\n\n".join(_describe_checked(r, baselines.get(record_setting(r))) for r in records))
+
+
+def _describe_checked(record: dict[str, Any], baseline: dict[str, Any] | None) -> str:
+    """:func:`describe`, or one line naming the record when a field it shows is malformed
+    (the store checks the fields every reader needs, not each diagnostic)."""
+    try:
+        return describe(record, baseline)
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as error:
+        what = f"no {error.args[0]!r}" if isinstance(error, KeyError) else f"{error}".split("\n")[0]
+        raise UebenchError(
+            f"record of cell {record.get('cell_id')} is malformed ({what}); delete "
+            "it and rerun `uebench run` to recompute it"
+        ) from None

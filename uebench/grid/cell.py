@@ -7,6 +7,7 @@ A :class:`Cell` carries everything it needs and shares no state with other cells
 from __future__ import annotations
 
 import functools
+import hashlib
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,8 +20,8 @@ from uebench.cache import PoisonCache
 from uebench.countermeasure import TrainingContext, TrainSet, build_countermeasure
 from uebench.data import ImageData
 from uebench.datasets import load_dataset
-from uebench.diagnostics import backdoor_success_rate, per_class_accuracy
-from uebench.errors import plugin_errors
+from uebench.diagnostics import backdoor_success_rate, per_class_accuracy, poison_separability
+from uebench.errors import UebenchError, plugin_errors
 from uebench.files import atomic_write
 from uebench.grid.protocols import resolve_protocol
 from uebench.identity import (
@@ -98,7 +99,48 @@ def load_cell_data(
     dataset: str, data_root: str | None, train_size: int | None, test_size: int | None
 ) -> ImageData:
     """The cell's data (cached in-process so a grid loads each dataset once)."""
-    return load_dataset(dataset, data_root, train_size, test_size, seed=0)
+    data = load_dataset(dataset, data_root, train_size, test_size, seed=0)
+    if data.num_classes < 2:
+        # Every accuracy would be 100% whatever the noise: a grid on it measures nothing.
+        raise UebenchError(
+            f"dataset {dataset!r} has {data.num_classes} class; a benchmark needs at least 2 "
+            "(with one, every model is 100% accurate whatever the noise)"
+        )
+    return data
+
+
+#: The tensors of an ImageData that every cell of a process shares (load_cell_data caches it).
+SHARED_TENSORS = ("x_train", "y_train", "x_test", "y_test")
+
+
+def data_digest(data: ImageData) -> dict[str, str]:
+    """sha256 of each shared tensor, to verify after a plugin call that it changed nothing.
+
+    Plugins get the process's one copy of the data (copying CIFAR-10 for every call would cost
+    more); a plugin that writes into it would silently change every later cell, the clean
+    baseline included.  Hashing all of CIFAR-10 (train and test) took about 0.35 s on a
+    shared, loaded 2-core machine; it runs three times per cell, never per step.
+    """
+    # The numpy view is hashed through the buffer protocol: no copy of the images.
+    return {
+        name: hashlib.sha256(getattr(data, name).contiguous().numpy()).hexdigest()
+        for name in SHARED_TENSORS
+    }
+
+
+def check_data_unchanged(data: ImageData, before: dict[str, str], plugin: str) -> None:
+    """Refuse, in one line naming ``plugin``, when the shared data differ from ``before``.
+
+    The in-process data cache is emptied first, so later cells load the data afresh.
+    """
+    after = data_digest(data)
+    changed = [name for name in SHARED_TENSORS if after[name] != before[name]]
+    if changed:
+        load_cell_data.cache_clear()
+        raise UebenchError(
+            f"{plugin} changed the shared dataset in place ({', '.join(changed)}); a plugin "
+            "must copy the data it alters, so this result is refused"
+        )
 
 
 def cell_poison_key(cell: Cell, data: ImageData) -> str:
@@ -170,29 +212,48 @@ def run_cell(
     device = resolve_device(cell.device)
     if data is None:
         data = load_cell_data(cell.dataset, cell.data_root, cell.train_size, cell.test_size)
+    pristine = data_digest(data)
     craft_started = time.perf_counter()
     if crafted is None:
         crafted = craft_poison(cell, data, progress)
+        check_data_unchanged(data, pristine, f"method {cell.method!r}")
     poison = cell_poison(cell, crafted, data)
     craft_seconds = time.perf_counter() - craft_started
 
-    victim = train_victim(cell, data, poison, device, progress)
+    victim = train_victim(cell, data, poison, device, progress, pristine)
+    model_sha256 = None
     if model_path is not None:
         state = {name: value.detach().cpu() for name, value in victim.model.state_dict().items()}
         atomic_write(model_path, lambda handle: torch.save(state, handle))
-    record = cell_record(cell, data, poison, victim, device, model_path, craft_seconds)
+        # `uebench certify` checks the file against this before trusting its weights.
+        model_sha256 = hashlib.sha256(model_path.read_bytes()).hexdigest()
+    record = cell_record(
+        cell, data, poison, victim, device, model_path, model_sha256, craft_seconds
+    )
     record["wall_time_s"] = time.perf_counter() - started
     return record
 
 
 def train_victim(
-    cell: Cell, data: ImageData, poison: Poison, device: torch.device, progress: bool = True
+    cell: Cell,
+    data: ImageData,
+    poison: Poison,
+    device: torch.device,
+    progress: bool = True,
+    pristine: dict[str, str] | None = None,
 ) -> TrainedVictim:
     """Train the cell's victim on its poisoned data under its countermeasure and measure it:
     clean test accuracy per epoch, after training, per class, and the backdoor success rate.
 
-    A countermeasure's or architecture's own exceptions become one line naming the cell.
+    A countermeasure's or architecture's own exceptions become one line naming the cell.  With
+    ``pristine`` (:func:`data_digest` of the shared data) a countermeasure that changed the
+    data in place is refused (:func:`check_data_unchanged`).
     """
+
+    def check_unchanged() -> None:
+        if pristine is not None:
+            check_data_unchanged(data, pristine, f"countermeasure {cell.defense!r}")
+
     generator = torch.Generator().manual_seed(cell.seed)
     torch.manual_seed(cell.seed)
     training = f"cell {cell.name()} (countermeasure {cell.defense!r}, arch {cell.arch!r})"
@@ -208,6 +269,7 @@ def train_victim(
             ),
             generator,
         )
+        check_unchanged()
         model = ARCHS.build(cell.arch, data.num_classes, data.image_shape)
         bar = tqdm(
             total=cell.train.epochs,
@@ -266,6 +328,8 @@ def train_victim(
             final_acc = 100.0 * float((predicted == data.y_test).float().mean())
         best = max(range(len(history)), key=lambda i: history[i].test_acc)
         selected = countermeasure.select(history)
+    # Training hooks (augment, train_step, after_training) see the data too.
+    check_unchanged()
     return TrainedVictim(
         model,
         trainset,
@@ -287,6 +351,7 @@ def cell_record(
     victim: TrainedVictim,
     device: torch.device,
     model_path: Path | None,
+    model_sha256: str | None,
     craft_seconds: float,
 ) -> dict[str, Any]:
     """The cell's record (one JSON file in the result store): what ran, on which code and data,
@@ -295,6 +360,7 @@ def cell_record(
     best, selected = victim.best, victim.selected
     return {
         "model_path": str(model_path) if model_path is not None else None,
+        "model_sha256": model_sha256,
         "cell_id": cell.cell_id,
         "dataset": cell.dataset,
         "method": cell.method_label or cell.method,
@@ -322,6 +388,7 @@ def cell_record(
         "confusion_matrix": victim.confusion.tolist(),
         "per_class_acc": [None if value != value else value for value in victim.per_class.tolist()],
         "backdoor_success": victim.backdoor,
+        "shortcut_separability": poison_separability(poison, data),
         "poison_hash": poison.content_hash(),
         "threat": poison.threat.describe(),
         "poison": {

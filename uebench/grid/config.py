@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import tempfile
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
@@ -15,12 +14,16 @@ import tomllib
 
 from uebench.countermeasure import build_countermeasure
 from uebench.errors import UebenchError, plugin_errors
+from uebench.files import check_writable
 from uebench.grid.cell import Cell
 from uebench.grid.protocols import Protocol, resolve_protocol
 from uebench.identity import method_identity
 from uebench.options import convert
 from uebench.registry import ARCHS, METHODS
 from uebench.training import TrainConfig, resolve_device
+
+#: The default bound on a grid's cell count (``max_cells``).
+DEFAULT_MAX_CELLS = 10_000
 
 #: The flags of ``uebench run`` with their help: each sets the GridConfig field of its name.
 RUN_FLAGS = {
@@ -44,8 +47,9 @@ RUN_FLAGS = {
     "address": "Ray cluster address: auto or ray://HOST:PORT (default: start a local Ray)",
     "cpus_per_cell": "Ray: CPUs each cell requests",
     "gpus_per_cell": "Ray: GPUs each cell requests (default 1 when the cluster has GPUs)",
+    "max_cells": "refuse a grid of more cells than this (default 10000)",
 }
-_INT_FLAGS = {"epochs", "batch_size", "train_size", "test_size", "threads"}
+_INT_FLAGS = {"epochs", "batch_size", "train_size", "test_size", "threads", "max_cells"}
 _FLOAT_FLAGS = {"lr", "cpus_per_cell", "gpus_per_cell"}
 
 
@@ -80,6 +84,9 @@ class GridConfig:
     # Ray resource requests; None: sensible defaults
     cpus_per_cell: float | None = field(default=None, metadata={"above": 0})
     gpus_per_cell: float | None = field(default=None, metadata={"min": 0})
+    # A grid of more cells is refused before any work (a typo such as seeds 0-100000000
+    # would otherwise plan for hours); raise it to run a larger grid on purpose.
+    max_cells: int = field(default=DEFAULT_MAX_CELLS, metadata={"min": 1})
 
     def __post_init__(self) -> None:
         # Every value is checked against its field's annotation (and the bounds in its
@@ -90,6 +97,10 @@ class GridConfig:
             setattr(
                 self, spec.name, convert(value, hints[spec.name], spec.name, bounds=spec.metadata)
             )
+        for key in ("out", "cache_dir", "data_root"):
+            value = getattr(self, key)
+            if value is not None and not value.strip():  # "" would mean the current folder
+                raise UebenchError(f"{key}: expected a folder name, got {value!r}")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> GridConfig:
@@ -110,8 +121,20 @@ class GridConfig:
     def check_folders(self) -> None:
         """Create the results and cache folders and write a probe file in each, so a file in
         the way or a read-only place is one line before any data loads, not after a cell."""
-        for key, folder in (("out", Path(self.out)), ("cache_dir", self.cache_folder())):
-            _check_writable(key, folder)
+        out = Path(self.out)
+        folders = [("out", out), ("out", out / "cells"), ("cache_dir", self.cache_folder())]
+        if self.save_models:
+            folders.append(("out", out / "models"))
+        for key, folder in folders:
+            check_writable(key, folder)
+        # results.csv is replaced atomically after each cell: a folder (or other non-file) in
+        # its place, or a file its owner made read-only, would only fail after the first cell.
+        table = out / "results.csv"
+        if table.exists() or table.is_symlink():
+            if not table.is_file():
+                raise UebenchError(f"out: {table} is in the way (not a file); move it away")
+            if not os.access(table, os.W_OK):
+                raise UebenchError(f"out: {table} is read-only; make it writable or move it")
 
     def resolved_protocol(self) -> Protocol:
         """The grid's protocol (``protocol`` or the dataset's default) for its dataset."""
@@ -140,6 +163,13 @@ class GridConfig:
         methods = [(label, protocol.method_spec(label)) for label in self.methods]
         defenses = [(label, protocol.defense_spec(label)) for label in self.defenses]
         archs = self.archs if self.archs is not None else list(protocol.archs)
+        count = len(set(self.seeds)) * len(archs) * len(defenses) * len(methods)
+        if count > self.max_cells:
+            raise UebenchError(
+                f"the grid has {count} cells ({len(methods)} methods × {len(defenses)} "
+                f"defenses × {len(archs)} archs × {len(set(self.seeds))} seeds), more than "
+                f"max_cells={self.max_cells}; raise --max-cells to run it"
+            )
         for _, spec in methods:
             method_identity(spec)
             # Building is cheap and runs the plugin's own option checks (its __init__).
@@ -251,22 +281,3 @@ def read_config_file(path: str) -> dict[str, Any]:
 
 def _first(value: Any, fallback: Any) -> Any:
     return value if value is not None else fallback
-
-
-def _check_writable(key: str, folder: Path) -> None:
-    """Create ``folder`` and write and remove a probe file in it; one line if either fails."""
-    # mkdir's own errors for these ("File exists", "Not a directory") do not say which file.
-    blocker = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
-    if blocker == folder:
-        raise UebenchError(f"{key}: {folder} is a file, not a folder")
-    if blocker is not None:
-        raise UebenchError(f"{key}: cannot create {folder}: {blocker} is a file")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        handle, probe = tempfile.mkstemp(dir=folder, prefix=".uebench-probe-")
-        os.close(handle)
-        os.unlink(probe)
-    except OSError as error:
-        raise UebenchError(
-            f"{key}: cannot write to {folder} ({error.strerror or type(error).__name__})"
-        ) from None

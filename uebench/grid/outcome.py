@@ -7,6 +7,8 @@ live below both.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 
 from uebench.errors import UebenchError
@@ -20,12 +22,20 @@ class CellsFailed(UebenchError):
     Any backend that goes on past a failing cell ends with this, so the exit status says so.
     """
 
-    def __init__(self, failed: list[str], total: int) -> None:
+    def __init__(self, failed: list[str], total: int, out: str | Path | None = None) -> None:
         self.failed = failed
         self.total = total
         shown = "; ".join(failed[:3]) + (f"; and {len(failed) - 3} more" if len(failed) > 3 else "")
+        # The success path prints where the results are; a failed grid has results too.
+        where = (
+            f"; the other cells' records are in {Path(out) / 'cells'}, the table in "
+            f"{Path(out) / 'results.csv'}"
+            if out is not None
+            else ""
+        )
         super().__init__(
-            f"{len(failed)} of {total} cells failed (reported above; rerun to retry them): {shown}"
+            f"{len(failed)} of {total} cells failed (reported above; rerun to retry them): "
+            f"{shown}{where}"
         )
 
 

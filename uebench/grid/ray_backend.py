@@ -27,7 +27,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -43,13 +45,21 @@ from uebench.cache import PoisonCache
 from uebench.data import ImageData
 from uebench.errors import UebenchError
 from uebench.files import atomic_write
-from uebench.grid.cell import Cell, cell_plugins, cell_poison_key, load_cell_data, run_cell
+from uebench.grid.cell import (
+    Cell,
+    cell_plugins,
+    cell_poison_key,
+    check_data_unchanged,
+    data_digest,
+    load_cell_data,
+    run_cell,
+)
 from uebench.grid.config import GridConfig
 from uebench.grid.outcome import CellsFailed, failure_line, grid_table
 from uebench.grid.store import ResultStore
 from uebench.grid.threads import torch_threads
 from uebench.identity import NESTED_SPECS, poison_key
-from uebench.method import CraftContext
+from uebench.method import CraftContext, check_declared_threat
 from uebench.poison import Poison
 from uebench.registry import METHODS, REGISTRIES
 from uebench.training import resolve_device
@@ -172,9 +182,11 @@ def craft_task(
     train = cell.train.as_dict()
     translate = {poison_key(spec, data.fingerprint(), train): key for spec, key in specs}
     cache = _HandedOverCache(dict(zip(keys, known, strict=True)), translate)
+    pristine = data_digest(data)
     with torch_threads(threads):
         ctx = CraftContext(resolve_device(cell.device), cell.train, False, cache)
         poison = ctx.craft(cell.method, data)
+    check_data_unchanged(data, pristine, f"method {cell.method!r}")
     key = specs[0][1]
     extras = {other: crafted for other, crafted in cache.crafted.items() if other != key}
     return poison, {"extras": extras, "seconds": time.perf_counter() - started, **_node()}
@@ -239,6 +251,8 @@ def _connect(ray: Any, config: GridConfig) -> bool:
     did either (and so must shut it down).  An already-initialized Ray is used as it is."""
     if ray.is_initialized():
         return False
+    if config.address is not None:
+        _check_reachable(config.address)
     options: dict[str, Any] = {"log_to_driver": True, "logging_level": logging.WARNING}
     try:
         if config.address is None:
@@ -250,6 +264,27 @@ def _connect(ray: Any, config: GridConfig) -> bool:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise UebenchError(f"cannot start or reach {where}: {first} (docs/cluster.md)") from None
     return True
+
+
+#: Seconds to wait for a cluster address to accept a connection before giving up.
+CONNECT_TIMEOUT_S = 10.0
+
+
+def _check_reachable(address: str) -> None:
+    """One line when ``HOST:PORT`` (or ``ray://HOST:PORT``) does not accept a TCP connection
+    within :data:`CONNECT_TIMEOUT_S`: ``ray.init`` itself retries such an address for minutes.
+    ``auto`` and other forms are left to Ray, which answers them at once."""
+    host, separator, port = address.removeprefix("ray://").rpartition(":")
+    if not separator or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), CONNECT_TIMEOUT_S).close()
+    except (OSError, OverflowError, ValueError) as error:
+        reason = "timed out" if isinstance(error, TimeoutError) else str(error.args[-1])
+        raise UebenchError(
+            f"cannot reach the Ray cluster at {address!r} ({reason} after at most "
+            f"{CONNECT_TIMEOUT_S:g} s); is its head node running? (docs/cluster.md)"
+        ) from None
 
 
 def _reason(error: BaseException) -> str:
@@ -323,7 +358,7 @@ class _Plan:
             return self.poison_refs[key]
         cache = PoisonCache(cell.cache_dir)
         if cache.path(key).exists():
-            self.poison_refs[key] = self.ray.put(Poison.load(cache.path(key)))
+            self.poison_refs[key] = self.ray.put(_cached(cache, key, cell.method))
             self.cached += 1
             return self.poison_refs[key]
         keys, refs, specs = [], [], [(cell.method, key)]
@@ -338,13 +373,26 @@ class _Plan:
                 refs.append(self.poison_ref(nested, self.first_cell[nested]))
             elif cache.path(nested).exists():
                 keys.append(nested)
-                refs.append(self.ray.put(Poison.load(cache.path(nested))))
+                refs.append(self.ray.put(_cached(cache, nested, spec)))
         poison, report = self.craft.remote(
             cell, self.data_ref(cell), self.resources.threads, self.plugins_ref, specs, keys, *refs
         )
         self.poison_refs[key] = poison
         self.crafting[report] = (key, cell, poison)
         return poison
+
+
+def _cached(cache: PoisonCache, key: str, method: str) -> Poison:
+    """The driver's cache entry for ``key``, checked as a local run checks a hit: its own key,
+    its content hash and the budget ``method`` declares (one line advising deletion if not)."""
+    poison = cache.load(key)
+    check_declared_threat(
+        METHODS.resolve(method).without_common().build(),
+        poison,
+        method,
+        f"its poison cache file {cache.path(key)} holds",
+    )
+    return poison
 
 
 def run_grid_ray(config: GridConfig) -> pd.DataFrame:
@@ -354,8 +402,9 @@ def run_grid_ray(config: GridConfig) -> pd.DataFrame:
     other cell's record is written.
     """
     ray = _import_ray()
-    store = ResultStore(config.out)
     cells = config.cells(report=tqdm.write)
+    config.check_folders()  # an unwritable --out is one line here, not a traceback at the end
+    store = ResultStore(config.out)
     todo = [cell for cell in cells if store.read(cell.cell_id) is None]
     unfinished = {cell.cell_id for cell in todo}
     _sweep_claims(store, [cell for cell in cells if cell.cell_id not in unfinished])
@@ -370,7 +419,10 @@ def run_grid_ray(config: GridConfig) -> pd.DataFrame:
         return grid_table(store, cells)
     pending: dict[Any, Any] = {}
     started_here = False
+    guard = None
     try:
+        if config.address is None and not ray.is_initialized():
+            guard = _start_orphan_guard(ray)
         started_here = _connect(ray, config)
         resources = choose_resources(config, ray.cluster_resources())
         _check_fits(ray, resources, local=started_here and config.address is None)
@@ -381,11 +433,73 @@ def run_grid_ray(config: GridConfig) -> pd.DataFrame:
                 ray.cancel(ref)
         if started_here:
             ray.shutdown()
+        if guard is not None:  # after a clean shutdown it finds nothing left to end
+            guard.stdin.close()  # type: ignore[union-attr]
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                guard.wait(timeout=10)
         store.release_all()
     store.write_csv()
     if failures:
-        raise CellsFailed(failures, len(todo))
+        raise CellsFailed(failures, len(todo), store.root)
     return grid_table(store, cells)
+
+
+#: The orphan guard (see :func:`_start_orphan_guard`), run as ``python -c DRIVER_PID RAY_DIR``.
+#: Once a second, until its stdin closes (which happens however the driver ends, ``kill -9``
+#: included), it notes the driver's children whose command line lies in Ray's package (the
+#: head processes) and every descendant of those (Ray's agents and workers), with their start
+#: times; then it kills any of them still running.  A pid is only killed while its start time
+#: is the one noted, so a reused pid is left alone.
+_GUARD = r"""
+import os, select, signal, sys
+
+def stat(pid):
+    with open(f"/proc/{pid}/stat") as handle:
+        fields = handle.read().rsplit(")", 1)[1].split()
+    return int(fields[1]), int(fields[19])
+
+driver, package = int(sys.argv[1]), os.fsencode(sys.argv[2])
+known = {os.getpid(): None}  # itself: its own command line names Ray's package too
+while not select.select([sys.stdin], [], [], 1.0)[0]:
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) in known:
+            continue
+        try:
+            parent, start = stat(name)
+            if parent == driver:
+                with open(f"/proc/{name}/cmdline", "rb") as handle:
+                    if package not in handle.read():
+                        continue
+            elif parent not in known:
+                continue
+            known[int(name)] = start
+        except (OSError, ValueError, IndexError):
+            pass
+for pid, start in known.items():
+    try:
+        if start is not None and stat(pid)[1] == start:
+            os.kill(pid, signal.SIGKILL)
+    except (OSError, ValueError, IndexError):
+        pass
+"""
+
+
+def _start_orphan_guard(ray: Any) -> subprocess.Popen[bytes] | None:
+    """A process that ends the local Ray instance's processes if this driver dies abruptly.
+
+    Ray ties its head processes to the driver, but the agents its raylet starts outlive a
+    driver killed with ``kill -9``, one set per killed run.  Started before Ray, so a driver
+    killed while Ray starts is covered too.  Linux only (it reads ``/proc``); elsewhere None.
+    """
+    if not Path("/proc/self/stat").exists():
+        return None
+    return subprocess.Popen(
+        [sys.executable, "-c", _GUARD, str(os.getpid()), str(Path(ray.__file__).parent)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # a Ctrl-C to the driver's terminal must not end it first
+    )
 
 
 def _sweep_claims(store: ResultStore, finished: list[Cell]) -> None:

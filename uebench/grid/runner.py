@@ -30,9 +30,9 @@ WAIT_POLL_S = 2.0
 def run_local(config: GridConfig) -> pd.DataFrame:
     """The ``local`` backend: run every unfinished cell of the grid in this process; return
     the grid's rows of results.csv."""
-    store = ResultStore(config.out)
     cells = config.cells(report=tqdm.write)
     config.check_folders()  # a file in the way fails here, not after the first cell
+    store = ResultStore(config.out)
     todo = [cell for cell in cells if store.read(cell.cell_id) is None]
     if len(todo) < len(cells):
         tqdm.write(

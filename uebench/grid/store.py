@@ -15,17 +15,19 @@ import contextlib
 import io
 import json
 import os
+import sys
 import threading
 import time
 import uuid
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from uebench.errors import UebenchError
 from uebench.files import atomic_write, remove_stale_temporaries, this_host, writer_alive
+from uebench.records import read_record  # the one validation every reader shares
 
 try:  # claims are serialized with flock where there is one (not on Windows)
     import fcntl
@@ -55,6 +57,7 @@ CSV_COLUMNS = [
     "selected_acc",
     "selected_epoch",
     "backdoor_success",
+    "shortcut_separability",
     "train_size",
     "test_size",
     "num_classes",
@@ -199,18 +202,19 @@ class ResultStore:
     def read(
         self, cell_id: str, unreadable: str = "the cell will be recomputed"
     ) -> dict[str, Any] | None:
-        """A finished cell's record, or None; an unreadable record counts as unfinished, with a
-        warning ending in ``unreadable`` (what the caller will do about it)."""
+        """A finished cell's record, or None; an unreadable or malformed record (a stub such as
+        ``{"cell_id": ...}``, a JSON list) counts as unfinished, with one warning line on
+        stderr ending in ``unreadable`` (what the caller will do about it)."""
         path = self.path(cell_id)
         if not path.exists():
             return None
         try:
-            record = json.loads(path.read_text())
+            record = read_record(path)
             if record.get("cell_id") != cell_id:
-                raise ValueError("cell id does not match the file name")
+                raise UebenchError(f"record {path}: its cell id does not match the file name")
             return record
-        except (ValueError, OSError) as error:
-            warnings.warn(f"record {path} is unreadable ({error}); {unreadable}", stacklevel=2)
+        except UebenchError as error:
+            _warn_once(path, f"{error}; {unreadable}")
             return None
 
     def write(self, record: dict[str, Any]) -> Path:
@@ -242,3 +246,21 @@ class ResultStore:
         path = self.root / "results.csv"
         atomic_write(path, lambda stream: stream.write(buffer.getvalue()), mode="w")
         return path
+
+
+#: (path, size, mtime) of the records warned about in this process: a run reads a record
+#: several times (planning, claiming, the table), and one bad file is one line.
+_WARNED: set[tuple[str, int, int]] = set()
+
+
+def _warn_once(path: Path, message: str) -> None:
+    """Print ``uebench: warning: message`` on stderr once per version of the file."""
+    try:
+        stat = path.stat()
+        version = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    except OSError:
+        version = (str(path), -1, -1)
+    if version in _WARNED:
+        return
+    _WARNED.add(version)
+    print(f"uebench: warning: {message}", file=sys.stderr)

@@ -27,16 +27,14 @@ from uebench.baseline import chance_level, near_chance, near_chance_warning
 from uebench.errors import UebenchError
 from uebench.files import atomic_write
 from uebench.identity import countermeasure_identity, method_identity, plugin_identity
+from uebench.records import ACCURACY_METRICS, is_number, read_record
 from uebench.spec import parse_spec
 from uebench.threat import ThreatModel
 
-#: The accuracy columns every record has; ``final_acc`` is the default.
-ACCURACY_METRICS = ("final_acc", "selected_acc", "best_acc", "trained_acc")
 #: How the pivot orders methods: by their mean over countermeasures, or by their worst case
 #: for the poisoner (the highest accuracy any countermeasure recovers).
 RANK_BY = ("mean", "worst")
 
-_REQUIRED_TEXT = ("dataset", "method", "defense", "arch")
 _KINDS = ("dataset", "method", "defense", "arch")
 _SETTING = ["dataset", "arch", "epochs", "train_size", "test_size"]
 #: The keys of one setting: the cells a method's numbers are compared within.
@@ -76,50 +74,12 @@ def read_records(run_dirs: Iterable[str | Path]) -> list[dict[str, Any]]:
     return records
 
 
-def read_record(path: str | Path) -> dict[str, Any]:
-    """One cell record; a malformed file raises a one-line :class:`UebenchError` naming it."""
-    path = Path(path)
-    try:
-        record = json.loads(path.read_text())
-    except OSError as error:
-        raise UebenchError(f"cannot read record {path}: {error.strerror}") from None
-    except ValueError as error:
-        raise UebenchError(f"record {path} is not valid JSON: {error}") from None
-    if not isinstance(record, dict):
-        raise UebenchError(f"record {path} is not a JSON object")
-    for key in _REQUIRED_TEXT:
-        if not isinstance(record.get(key), str) or not record[key]:
-            raise UebenchError(f"record {path} has no {key!r} (a spec string)")
-    if not isinstance(record.get("seed"), int) or isinstance(record.get("seed"), bool):
-        raise UebenchError(f"record {path}: 'seed' must be an integer, got {record.get('seed')!r}")
-    for key in ("final_acc", *ACCURACY_METRICS[1:]):
-        if key in record and record[key] is not None and not _is_number(record[key]):
-            raise UebenchError(f"record {path}: {key!r} must be a number, got {record[key]!r}")
-    if not _is_number(record.get("final_acc")):
-        raise UebenchError(f"record {path} has no numeric 'final_acc'")
-    history = record.get("history", [])
-    if not isinstance(history, list) or not all(isinstance(h, dict) for h in history):
-        raise UebenchError(f"record {path}: 'history' must be a list of per-epoch objects")
-    notes = record.get("countermeasure_notes", {})
-    if notes is not None and not isinstance(notes, dict):
-        raise UebenchError(f"record {path}: 'countermeasure_notes' must be an object")
-    return record
-
-
-def _is_number(value: Any) -> bool:
-    return (
-        isinstance(value, (int, float))
-        and not isinstance(value, bool)
-        and math.isfinite(float(value))
-    )
-
-
 def metric_value(record: dict[str, Any], metric: str) -> float | None:
     """``record[metric]``, else ``record['countermeasure_notes'][metric]``, as a float or None."""
     value = record.get(metric)
     if value is None:
         value = (record.get("countermeasure_notes") or {}).get(metric)
-    return float(value) if _is_number(value) else None
+    return float(value) if is_number(value) else None
 
 
 # --- spelling-independent keys -----------------------------------------------------------------
@@ -190,11 +150,13 @@ def cells_frame(records: Sequence[dict[str, Any]]) -> pd.DataFrame:
             row[key] = record.get(key)
         row["num_classes"] = _num_classes(record)
         row["threat"] = _threat(record)
+        separability = record.get("shortcut_separability")
+        row["separability"] = float(separability) if is_number(separability) else None
         row["_clean"] = _is_clean(record)
         for key in ACCURACY_METRICS:
             row[key] = metric_value(record, key)
         for key, value in (record.get("countermeasure_notes") or {}).items():
-            if key not in row and _is_number(value):
+            if key not in row and is_number(value):
                 row[key] = float(value)
         row["_path"] = record.get("_path")
         row.update(_record_keys(record))
@@ -209,7 +171,7 @@ def _threat(record: dict[str, Any]) -> str | None:
     if poison.get("threat"):
         return str(poison["threat"])
     eps = poison.get("eps")
-    return ThreatModel.linf(float(eps)).describe() if _is_number(eps) else None
+    return ThreatModel.linf(float(eps)).describe() if is_number(eps) else None
 
 
 def _num_classes(record: dict[str, Any]) -> int | None:
@@ -272,6 +234,7 @@ def aggregate(cells: pd.DataFrame, metric: str = "final_acc") -> pd.DataFrame:
         defense=("defense", "first"),
         method=("method", "first"),
         threat=("threat", "first"),
+        separability=("separability", "mean"),
         epochs=("epochs", "first"),
         train_size=("train_size", "first"),
         test_size=("test_size", "first"),
@@ -322,6 +285,8 @@ def aggregate(cells: pd.DataFrame, metric: str = "final_acc") -> pd.DataFrame:
         "train_size",
         "test_size",
     ]
+    if board["separability"].notna().any():  # shortcut separability (%), where recorded
+        columns.insert(columns.index("threat") + 1, "separability")
     if "protocol" in board.columns:
         columns.append("protocol")
     hidden = [k for k in board.columns if k.startswith("_key_")] + ["_baseline", "_num_classes"]
@@ -385,6 +350,12 @@ def pivot(board: pd.DataFrame, rank_by: str = "mean", values: str = "mean") -> p
         threats = board.groupby(index, sort=False, dropna=False)["threat"].first()
         keys = pd.MultiIndex.from_frame(wide[index])
         wide.insert(len(index), "threat", threats.reindex(keys).to_numpy())
+    if "separability" in board.columns and board["separability"].notna().any():
+        # A property of the poison, the same under every countermeasure: shown once per method.
+        found = board.groupby(index, sort=False, dropna=False)["separability"].mean()
+        keys = pd.MultiIndex.from_frame(wide[index])
+        at = list(wide.columns).index("threat") + 1 if "threat" in wide.columns else len(index)
+        wide.insert(at, "separability", found.reindex(keys).to_numpy())
     return wide.sort_values([*index[:-1], "score", "method"], kind="stable").reset_index(drop=True)
 
 

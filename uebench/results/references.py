@@ -32,7 +32,10 @@ from uebench.spec import parse_spec
 
 SUFFIXES = (".csv", ".yaml", ".yml", ".toml")
 RELATIONS = ("approx", "max", "min")
-MARKS = ("slow", "gpu")
+MARKS = ("slow", "gpu", "unverified")
+#: Status of a reference whose number could not be traced to its source's table: shown beside
+#: measurements, never judged, never a test that can fail.
+UNVERIFIED_STATUS = "unverified (not judged)"
 #: ``UEBENCH_REFERENCES``: extra folders (``os.pathsep``-separated) searched for sources by name.
 ENV_DIRS = "UEBENCH_REFERENCES"
 
@@ -49,7 +52,10 @@ class Reference:
     23%"); ``min`` at or above ``value - tolerance``.  ``epochs``, ``train_size`` and
     ``test_size``, when given, restrict which measured cells count.  ``command`` is the exact
     ``uebench run`` command that produced a number uebench measured itself; ``marks`` (``slow``,
-    ``gpu``) say what running the cell needs.
+    ``gpu``) say what running the cell needs, and ``unverified`` that the number could not be
+    traced to a table of its source: it is shown, never judged.  A row with ``ueraser`` in its
+    countermeasure must name the variant it reports (``ueraser:variant=max``): APBench's
+    training script defaults to the max variant and uses a JPEG variant for TAP and AR.
     """
 
     id: str
@@ -279,6 +285,13 @@ def _build(path: Path, where: str, row: dict[str, Any]) -> Reference:
     bad_marks = [m for m in values.get("marks", ()) if m not in MARKS]
     if bad_marks:
         raise UebenchError(f"{place}: mark {bad_marks[0]!r} is not one of {', '.join(MARKS)}")
+    for part in str(values.get("defense", "none")).split("+"):
+        spec = parse_spec(part)
+        if spec.name == "ueraser" and "variant" not in spec.options and not spec.positional:
+            raise UebenchError(
+                f"{place}: a ueraser row must name its variant (ueraser:variant=lite, standard "
+                "or max): APBench trains with max by default and a JPEG variant for TAP and AR"
+            )
     if not _METRIC.match(values.get("metric", "final_acc")):
         raise UebenchError(f"{place}: metric {values['metric']!r} is not a column name")
     for key in ("dataset", "method", "arch", "defense"):
@@ -389,7 +402,10 @@ class Verdict:
 
     @property
     def status(self) -> str:
-        """``ok``, ``MISMATCH``, ``not measured`` or ``baseline near chance``."""
+        """``ok``, ``MISMATCH``, ``not measured``, ``baseline near chance`` or
+        ``unverified (not judged)``."""
+        if "unverified" in self.reference.marks:
+            return UNVERIFIED_STATUS
         if self.measured is not None and self.baseline_near_chance:
             return NEAR_CHANCE_STATUS
         return {True: "ok", False: "MISMATCH", None: "not measured"}[self.ok]

@@ -16,6 +16,12 @@ from typing import Any
 
 import pandas as pd
 
+from uebench.diagnostics import (
+    clean_baselines,
+    first_epoch_above,
+    record_setting,
+    shortcut_speed,
+)
 from uebench.errors import UebenchError
 from uebench.files import atomic_write
 from uebench.results import plots
@@ -107,6 +113,18 @@ def _sections(
             public_columns(board),
         ),
     ]
+    diagnostics = diagnostics_table(records)
+    if not diagnostics.empty:
+        sections.append(
+            (
+                "Why a poison works or fails",
+                "separability: held-out accuracy (%) of a linear classifier fit on the applied "
+                "perturbations alone (Yu et al., KDD 2022); near 100 for a linear shortcut, "
+                "near chance for sample-wise random noise. train ≥ 90%: the first epoch whose "
+                "training accuracy passes 90%, poisoned and clean (Zhu et al., AAAI 2024).",
+                diagnostics,
+            )
+        )
     if comparison is not None:
         measured = comparison[comparison["status"] != "not measured"]
         unjudged = int((measured["status"] == NEAR_CHANCE_STATUS).sum())
@@ -117,6 +135,31 @@ def _sections(
         )
         sections.append(("Against reported numbers", note, measured))
     return sections
+
+
+def diagnostics_table(records: Sequence[dict[str, Any]]) -> pd.DataFrame:
+    """Per poisoned cell: its shortcut separability and the shortcut-speed reading against the
+    clean row of the same dataset, countermeasure, architecture and seed."""
+    clean = clean_baselines(list(records))
+    rows = []
+    for record in records:
+        if str(record.get("method_spec", record["method"])) == "clean":
+            continue
+        base = clean.get(record_setting(record))
+        rows.append(
+            {
+                "dataset": record["dataset"],
+                "method": record["method"],
+                "defense": record["defense"],
+                "arch": record["arch"],
+                "seed": record["seed"],
+                "separability": record.get("shortcut_separability"),
+                "train ≥ 90%": first_epoch_above(record["history"]),
+                "clean train ≥ 90%": first_epoch_above(base["history"]) if base else None,
+                "reading": shortcut_speed(record, base).split(": ")[-1],
+            }
+        )
+    return pd.DataFrame(rows)
 
 
 def _html(
