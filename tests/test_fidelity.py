@@ -130,7 +130,7 @@ def test_emin_lbfgs_offers_a_true_lbfgs_solver_within_the_budget(tiny_cnn):
 
 def test_orthoproj_paper_pipeline_adds_strong_augmentation_and_cutmix():
     from tests.test_field_countermeasures import uint8_trainset
-    from uebench.cache import defense_identity
+    from uebench.identity import countermeasure_identity
     from uebench.grid.cell import build_countermeasure
 
     train = uint8_trainset(90, shape=(3, 8, 8), k=3)
@@ -149,4 +149,4 @@ def test_orthoproj_paper_pipeline_adds_strong_augmentation_and_cutmix():
         assert not torch.equal(out_x, x) and float(out_x.min()) >= 0 and float(out_x.max()) <= 1
         soft += out_y.dim() == 2  # a CutMixed batch has soft labels
     assert 2 <= soft <= 10  # CutMix on about half the batches
-    assert "pipeline" not in defense_identity("orthoproj")[0]["options"]
+    assert "pipeline" not in countermeasure_identity("orthoproj")[0]["options"]
