@@ -130,8 +130,8 @@ def test_emin_lbfgs_offers_a_true_lbfgs_solver_within_the_budget(tiny_cnn):
 
 def test_orthoproj_paper_pipeline_adds_strong_augmentation_and_cutmix():
     from tests.test_field_countermeasures import uint8_trainset
-    from uebench.identity import countermeasure_identity
     from uebench.grid.cell import build_countermeasure
+    from uebench.identity import countermeasure_identity
 
     train = uint8_trainset(90, shape=(3, 8, 8), k=3)
     plain = build_countermeasure("orthoproj:epochs=1:device=cpu")

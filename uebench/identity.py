@@ -13,7 +13,7 @@ import hashlib
 import json
 from typing import Any
 
-from uebench.crafting import CRAFT_PRECISION
+from uebench import crafting
 from uebench.registry import METHODS, REGISTRIES
 from uebench.version import plugin_code, plugin_provenance
 
@@ -124,6 +124,6 @@ def poison_key(method: str, data_fingerprint: str, train_config: dict[str, Any] 
     }
     if getattr(factory, "crafts_by_gradient", False):
         # Only gradient-crafted poisons changed when crafting left bf16 (issue 19): others
-        # keep their keys.
-        parts["craft_precision"] = CRAFT_PRECISION
+        # keep their keys.  Read at call time: the precision is a setting of the crafting module.
+        parts["craft_precision"] = crafting.CRAFT_PRECISION
     return cache_key(parts)
