@@ -14,7 +14,7 @@ from uebench.data import to_float
 from uebench.errors import UebenchError
 from uebench.grid.config import GridConfig
 from uebench.grid.protocols import protocol_names, resolve_protocol
-from uebench.leaderboard import leaderboard
+from uebench.leaderboard import leaderboard, read_records
 from uebench.method import CraftContext
 from uebench.registry import ARCHS
 from uebench.training import (
@@ -319,6 +319,6 @@ def test_fast_clean_cifar10_cell_on_a_gpu(tmp_path):
         progress=False,
         out=str(tmp_path / "run"),
     )
-    (record,) = uebench.leaderboard.read_records([tmp_path / "run"])
+    (record,) = read_records([tmp_path / "run"])
     assert float(table["final_acc"].iloc[0]) >= 93.0
     assert sum(epoch["seconds"] for epoch in record["history"]) <= 10.0
