@@ -57,10 +57,11 @@ class CraftContext:
         model with a data-dependent init (airbench's whitening) is fitted to the crafter's
         clean training images."""
         from uebench.registry import ARCHS
-        from uebench.training import fit_to_training_images
 
         model = ARCHS.build(arch, data.num_classes, data.image_shape).to(self.device)
-        fit_to_training_images(model, data.x_train.to(self.device))
+        fit = getattr(model, "fit_to_training_images", None)
+        if callable(fit):  # only then is the training set worth moving to the device here
+            fit(data.x_train.to(self.device))
         return model
 
     def bar(self, total: int | None, desc: str) -> tqdm:
