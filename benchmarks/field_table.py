@@ -8,7 +8,9 @@ Runs ``clean, emin, rem, tap, ops, ar, lsp, cuda`` × ``none, grayscale, jpeg, a
 12 epochs; ``uebench list protocols``).  ``--workers N`` starts N ``uebench run`` processes of
 one thread each on the same results folder: each cell is claimed before it runs, so they share
 the grid without training a cell twice (on 2 cores, 2 processes of 1 thread beat 1 of 2).
-Rerunning resumes.  Then it prints the table and checks each published ordering:
+Rerunning resumes.  ``--protocol fast --run-flags '...'`` runs the same grid with the fast
+victim (a CPU-sized one: ``--run-flags`` sets width, subset, epochs, batch).  Then it prints
+the table and checks each published ordering:
 
 * EM falls to grayscale (ISS: 93.07% on CIFAR-10, near clean's 92.41% under grayscale);
 * LSP and AR fall to JPEG-10 (ISS: 83.01% and 85.15%, near clean's 85.38% under JPEG-10);
@@ -23,6 +25,7 @@ means at least 15 points below it.  The thresholds are this script's, chosen bef
 from __future__ import annotations
 
 import argparse
+import shlex
 import subprocess
 import sys
 import time
@@ -71,14 +74,21 @@ def main() -> None:
     parser.add_argument("--data-root", default="../shared/data/cifar10")
     parser.add_argument("--out", default="runs/field-table")
     parser.add_argument("--workers", type=int, default=2, help="uebench processes, 1 thread each")
+    parser.add_argument("--protocol", default="mini", help="e.g. fast (with --run-flags on a CPU)")
+    parser.add_argument(
+        "--run-flags",
+        default="",
+        help="more `uebench run` flags, e.g. '--archs airbench:width=16 --train-size 10000 "
+        "--test-size 1000 --epochs 8 --batch-size 256 --lr 0.375'",
+    )
     args = parser.parse_args()
 
     def command(methods: str) -> list[str]:
         return [
             sys.executable, "-c", "import sys; from uebench.cli import main; sys.exit(main())",
-            "run", "--dataset", "cifar10", "--data-root", args.data_root, "--protocol", "mini",
-            "--methods", methods, "--defenses", DEFENSES,
-            "--out", args.out, "--threads", "1", "--no-progress",
+            "run", "--dataset", "cifar10", "--data-root", args.data_root,
+            "--protocol", args.protocol, "--methods", methods, "--defenses", DEFENSES,
+            "--out", args.out, "--threads", "1", "--no-progress", *shlex.split(args.run_flags),
         ]  # fmt: skip
 
     # Every other worker walks the methods backwards: the workers then start on different

@@ -101,7 +101,7 @@ def test_unknown_protocol_lists_the_valid_ones(capsys):
     with pytest.raises(UebenchError, match=r"unknown protocol 'tiny'; valid: .*mini.*paper"):
         GridConfig(protocol="tiny").cells()
     assert main(["run", "--protocol", "tiny", "--methods", "clean"]) == 2
-    assert "unknown protocol 'tiny'; valid: mini, paper" in capsys.readouterr().err
+    assert "unknown protocol 'tiny'; valid: fast, mini, paper" in capsys.readouterr().err
 
 
 def test_list_protocols_shows_every_value(capsys):

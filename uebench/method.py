@@ -61,8 +61,14 @@ class CraftContext:
         return poison
 
     def build_model(self, arch: str, data: ImageData) -> nn.Module:
-        """A fresh source model from an architecture spec such as ``resnet18:width=16``."""
-        return ARCHS.build(arch, data.num_classes, data.image_shape).to(self.device)
+        """A fresh source model from an architecture spec such as ``resnet18:width=16``; a
+        model with a data-dependent init (airbench's whitening) is fitted to the crafter's
+        clean training images."""
+        model = ARCHS.build(arch, data.num_classes, data.image_shape).to(self.device)
+        fit = getattr(model, "fit_to_training_images", None)
+        if callable(fit):  # only then is the training set worth moving to the device here
+            fit(data.x_train.to(self.device))
+        return model
 
     def bar(self, total: int | None, desc: str) -> tqdm:
         """A progress bar that vanishes when done (hidden when progress is off)."""

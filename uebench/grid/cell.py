@@ -311,7 +311,9 @@ def train_victim(
             )
             trainset.notes.update(countermeasure.after_training(model, trainset, context))
 
-        predicted = predict(model, data.x_test, device, cell.train.eval_batch_size, cell.train.amp)
+        predicted = predict(
+            model, data.x_test, device, cell.train.eval_batch_size, cell.train.amp, cell.train.tta
+        )
         confusion = confusion_matrix(predicted, data.y_test, data.num_classes)
         per_class = per_class_accuracy(confusion)
         backdoor = backdoor_success_rate(
@@ -374,6 +376,7 @@ def cell_record(
         "arch": cell.arch,
         "seed": cell.seed,
         "epochs": cell.train.epochs,
+        "recipe": cell.train.recipe(),  # every ingredient of the training recipe, set or not
         "train_size": len(data.y_train),
         "test_size": len(data.y_test),
         "final_acc": victim.final_acc,

@@ -146,10 +146,19 @@ class GridConfig:
         epochs = self.epochs if self.epochs is not None else protocol.epochs
         if epochs < 1:
             raise UebenchError(f"epochs must be at least 1, got {epochs}")
+        recipe = dict(protocol.train)
+        valid = {f.name for f in fields(TrainConfig)} - {"epochs", "batch_size", "lr"}
+        unknown = sorted(set(recipe) - valid)
+        if unknown:  # a typo in the data file must not be silently ignored
+            raise UebenchError(
+                f"protocol {protocol.name!r} has an unknown train key {unknown[0]!r}; "
+                f"valid: {', '.join(sorted(valid))}"
+            )
         return TrainConfig(
             epochs=epochs,
             batch_size=self.batch_size if self.batch_size is not None else protocol.batch_size,
             lr=self.lr if self.lr is not None else protocol.lr,
+            **recipe,
         )
 
     def cells(self, report: Callable[[str], None] | None = None) -> list[Cell]:

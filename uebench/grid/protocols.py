@@ -25,7 +25,7 @@ from uebench.spec import parse_spec
 
 #: Grid settings a protocol may set (the GridConfig fields of the same names).
 GRID_KEYS = ("archs", "epochs", "batch_size", "lr", "train_size", "test_size")
-_SECTION_KEYS = {*GRID_KEYS, "method_options", "methods", "defenses"}
+_SECTION_KEYS = {*GRID_KEYS, "method_options", "methods", "defenses", "train"}
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,9 @@ class Protocol:
     method_options: dict[str, Any] = field(default_factory=dict)
     methods: dict[str, dict[str, Any]] = field(default_factory=dict)
     defenses: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # The victim's training recipe beyond the grid settings (TrainConfig fields: nesterov,
+    # schedule, label_smoothing, lookahead, tta, ...); empty: standard training.
+    train: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         """The resolved values, as a record stores them."""
@@ -59,6 +62,8 @@ class Protocol:
             "method_options": dict(self.method_options),
             "methods": {k: dict(v) for k, v in self.methods.items()},
             "defenses": {k: dict(v) for k, v in self.defenses.items()},
+            # Only when set, so the values recorded for recipe-free protocols stay as they were.
+            **({"train": dict(self.train)} if self.train else {}),
         }
 
     def method_spec(self, spec: str) -> str:
@@ -144,7 +149,7 @@ def resolve_protocol(name: str | None, dataset: str) -> Protocol:
         if unknown:  # a typo in the data file must not be silently ignored
             raise UebenchError(f"protocol {name!r} has an unknown key {unknown[0]!r}")
         for key, value in section.items():
-            if key in ("method_options", "methods", "defenses"):
+            if key in ("method_options", "methods", "defenses", "train"):
                 merged[key] = _merge(merged.get(key, {}), value)
             else:
                 merged[key] = value
@@ -161,6 +166,7 @@ def resolve_protocol(name: str | None, dataset: str) -> Protocol:
         method_options=merged.get("method_options", {}),
         methods=merged.get("methods", {}),
         defenses=merged.get("defenses", {}),
+        train=merged.get("train", {}),
     )
 
 

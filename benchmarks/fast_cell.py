@@ -1,0 +1,172 @@
+"""Time the fast protocol end to end: one clean cell, one crafted ``emin`` poison, one
+``advtrain`` cell (a script, not a test).
+
+    python benchmarks/fast_cell.py --data-root ../shared/data/cifar10            # a GPU
+    python benchmarks/fast_cell.py --train-size 5000 --test-size 1000 \\
+        --arch airbench:width=16 --epochs 8 --batch-size 256 --skip emin,advtrain  # a CPU
+
+Every cell runs through ``uebench``'s own path (``run_cell``: loading, crafting, training,
+evaluation) under ``--protocol fast``; flags override the protocol as ``uebench run``'s do.
+The learning rate follows the batch size linearly from the protocol's (1.5 at 1024).  It
+prints each stage's wall time, the trainer's images/s against the bare forward+backward+step
+throughput of the same model on the same device and batches, and the issue's GPU goals
+(clean cell ≤ 10 s at ≥ 93 %, sample-wise ``emin`` crafting ≤ 2 minutes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+
+import torch
+import torch.nn.functional as F
+
+from uebench.data import to_float
+from uebench.grid.cell import craft_poison, load_cell_data, run_cell
+from uebench.grid.config import GridConfig
+from uebench.registry import ARCHS
+from uebench.training import (
+    accuracy,
+    autocast,
+    fit_to_training_images,
+    make_optimizer,
+    resolve_device,
+)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def bare_throughput(cell, data, device: torch.device, steps: int) -> float:
+    """Images/s of forward+backward+step alone on one pre-made float batch (the model's limit)."""
+    model = ARCHS.build(cell.arch, data.num_classes, data.image_shape).to(device)
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    fit_to_training_images(model, data.x_train.to(device))
+    config = cell.train
+    optimizer, _ = make_optimizer(model, config, total_steps=steps + 1)
+    images = to_float(data.x_train[: config.batch_size].to(device))
+    labels = data.y_train[: config.batch_size].to(device)
+    if device.type == "cuda":
+        images = images.contiguous(memory_format=torch.channels_last)
+    model.train()
+
+    def step() -> None:
+        with autocast(device, config.amp):
+            loss = F.cross_entropy(model(images).float(), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    step()  # warm-up: kernels chosen, memory allocated
+    sync(device)
+    started = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync(device)
+    return steps * len(labels) / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", default="cifar10")
+    parser.add_argument("--data-root", default="../shared/data/cifar10")
+    parser.add_argument("--train-size", type=int, default=None, help="default: the full set")
+    parser.add_argument("--test-size", type=int, default=None)
+    parser.add_argument("--arch", default=None, help="default: the protocol's (airbench)")
+    parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--skip", default="", help="comma-separated: clean, emin, advtrain")
+    parser.add_argument("--bare-steps", type=int, default=20)
+    args = parser.parse_args()
+    skip = {part for part in args.skip.split(",") if part}
+
+    device = resolve_device(args.device)
+    batch = args.batch_size
+    with tempfile.TemporaryDirectory() as cache:  # a fresh cache: crafting is timed, not read
+        grid = GridConfig(
+            dataset=args.dataset,
+            data_root=args.data_root,
+            methods=["clean", "emin"],
+            defenses=["none", "advtrain"],
+            archs=[args.arch] if args.arch else None,
+            seeds=[args.seed],
+            epochs=args.epochs,
+            batch_size=batch,
+            lr=None if batch is None else 1.5 * batch / 1024,
+            train_size=args.train_size,
+            test_size=args.test_size,
+            device=args.device,
+            cache_dir=cache,
+            progress=False,
+            protocol="fast",
+        )
+        cells = {(c.method_label, c.defense_label): c for c in grid.cells()}
+        clean, emin = cells["clean", "none"], cells["emin", "advtrain"]
+        started = time.perf_counter()
+        data = load_cell_data(clean.dataset, clean.data_root, clean.train_size, clean.test_size)
+        load_seconds = time.perf_counter() - started
+        print(
+            f"device={device} torch={torch.__version__} threads={torch.get_num_threads()} "
+            f"dataset={args.dataset} train={len(data.y_train)} test={len(data.y_test)} "
+            f"arch={clean.arch} epochs={clean.train.epochs} batch={clean.train.batch_size} "
+            f"lr={clean.train.lr:g}"
+        )
+        print(f"loading: {load_seconds:.1f} s")
+        bare = bare_throughput(clean, data, device, args.bare_steps)
+        print(f"bare forward+backward+step: {bare:.0f} img/s")
+        images = clean.train.epochs * len(data.y_train)
+        # One evaluation pass as the trainer runs it each epoch (plain; the final one with TTA),
+        # to separate training throughput from evaluation.
+        probe = ARCHS.build(clean.arch, data.num_classes, data.image_shape).to(device)
+        config = clean.train
+        eval_s = {}
+        for tta in (0, 0, config.tta):  # the first pass warms up
+            started = time.perf_counter()
+            accuracy(
+                probe, data.x_test, data.y_test, device, config.eval_batch_size, config.amp, tta
+            )
+            sync(device)
+            eval_s[tta] = time.perf_counter() - started
+        print(f"one test evaluation: {eval_s[0]:.2f} s plain, {eval_s[config.tta]:.2f} s with TTA")
+
+        def throughput(record: dict) -> str:
+            train_s = sum(epoch["seconds"] for epoch in record["history"])
+            only = train_s - eval_s[0] * (len(record["history"]) - 1) - eval_s[config.tta]
+            return (
+                f"training+per-epoch evaluation {train_s:.1f} s; training alone ≈ "
+                f"{images / only:.0f} img/s = {images / only / bare:.2f} × bare"
+            )
+
+        if "clean" not in skip:
+            record = run_cell(clean, progress=False, data=data)
+            print(
+                f"clean cell: {record['wall_time_s']:.1f} s end to end ({throughput(record)}), "
+                f"clean test accuracy {record['final_acc']:.2f}%  [GPU goal: ≤ 10 s at ≥ 93%]"
+            )
+            curve = ", ".join(f"{epoch['test_acc']:.1f}" for epoch in record["history"])
+            print(f"  test accuracy by epoch: {curve}")
+        if "emin" not in skip:
+            started = time.perf_counter()
+            poison = craft_poison(emin, data, progress=False)
+            print(
+                f"emin (sample-wise) crafting: {time.perf_counter() - started:.1f} s, "
+                f"rounds {poison.meta.get('rounds')}, final error "
+                f"{poison.meta.get('final_error')}  [GPU goal: ≤ 120 s]"
+            )
+        if "advtrain" not in skip:
+            record = run_cell(emin, progress=False, data=data)
+            print(
+                f"emin/advtrain cell: {record['wall_time_s']:.1f} s end to end (crafting "
+                f"{record['craft_time_s']:.1f} s, {throughput(record)}), clean test accuracy "
+                f"{record['final_acc']:.2f}%"
+            )
+
+
+if __name__ == "__main__":
+    main()
