@@ -17,6 +17,8 @@ from torch import nn
 from uebench.countermeasure import Countermeasure, TrainingContext, TrainSet
 from uebench.errors import UebenchError
 from uebench.method import check_fraction
+from uebench.registry import ARCHS
+from uebench.training import train as fit
 
 
 class PartialPoisoning(Countermeasure):
@@ -66,9 +68,6 @@ class PartialPoisoning(Countermeasure):
         """Train a fresh model of the same architecture on the clean part alone (D_c)."""
         if not self.clean_baseline:
             return {}
-        from uebench.registry import ARCHS
-        from uebench.training import train as fit
-
         clean = ~train.poisoned
         if not clean.any():
             return {"clean_part_acc": None, "clean_part_size": 0}

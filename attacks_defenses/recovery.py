@@ -32,6 +32,7 @@ from uebench.countermeasure import Countermeasure, TrainingContext, TrainSet
 from uebench.data import stratified_indices, to_float
 from uebench.errors import UebenchError
 from uebench.method import check_fraction
+from uebench.registry import ARCHS
 from uebench.training import accuracy, autocast, standard_augmentation
 
 
@@ -153,8 +154,6 @@ class Recovery(Countermeasure):
         return train.clean_x[keep], train.y[keep]
 
     def _fresh_model(self, context: TrainingContext) -> nn.Module:
-        from uebench.registry import ARCHS
-
         # A scoped seed: the baseline must not shift the global random stream of the cell.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)

@@ -27,8 +27,13 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from uebench.cli.diagnose import _setting, clean_baselines
-from uebench.diagnostics import first_epoch_above, mean_train_acc, shortcut_speed
+from uebench.diagnostics import (
+    clean_baselines,
+    first_epoch_above,
+    mean_train_acc,
+    record_setting,
+    shortcut_speed,
+)
 from uebench.grid import GridConfig, run_grid
 from uebench.grid.cell import load_cell_data
 from uebench.grid.store import ResultStore
@@ -90,7 +95,7 @@ def main() -> None:
         key = (record.get("poison") or {}).get("cache_key")
         path = out / "cache" / f"{key}.pt"
         norms = published_norms(Poison.load(path), data.x_train) if key and path.exists() else {}
-        base = clean.get(_setting(record))
+        base = clean.get(record_setting(record))
         is_clean = record["method_spec"] == "clean"
         rows.append(
             {

@@ -7,14 +7,13 @@ perturbation per class, crafted by sign-gradient *ascent* on a stratified 20% su
 
 from __future__ import annotations
 
-import time
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 import torchattacks
 
-from uebench.crafting import craft_autocast, crafting_set, trained_source
+from uebench.crafting import craft_autocast, start_crafting
 from uebench.data import ImageData
 from uebench.method import CraftContext, Method, check_eps, check_fraction
 from uebench.poison import Poison
@@ -53,12 +52,11 @@ class ErrorMaximizing(Method):
         self.seed = seed
 
     def craft(self, data: ImageData, ctx: CraftContext) -> Poison:
-        started = time.perf_counter()
-        torch.manual_seed(self.seed)
-        generator = torch.Generator().manual_seed(self.seed)
         epochs = self.source_epochs or ctx.train_config.epochs
-        model = trained_source(self.source, data, ctx, epochs, generator)
-        crafting, x, y = crafting_set(data, self.subset, self.seed, ctx.device)
+        opening = start_crafting(
+            data, ctx, seed=self.seed, source=self.source, subset=self.subset, source_epochs=epochs
+        )
+        model, crafting, x, y = opening.model, opening.indices, opening.x, opening.y
         if self.form == "sample":
             bank = torch.zeros(len(data.y_train), *data.image_shape)
             bank[crafting] = self._samplewise(model, x, y, ctx).cpu()
@@ -68,7 +66,7 @@ class ErrorMaximizing(Method):
         meta = {
             "form": self.form,
             "source_epochs": epochs,
-            "craft_seconds": time.perf_counter() - started,
+            "craft_seconds": opening.seconds(),
         }
         return Poison(bank.clamp(-self.eps, self.eps), rows, self.eps, meta)
 

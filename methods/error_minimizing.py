@@ -15,20 +15,20 @@ and ``_extra_meta`` hooks let a variant (``pue``) change the loop without copyin
 
 from __future__ import annotations
 
-import time
 from typing import Any, Literal
 
 import torch
 from torch import nn
 
 from uebench.crafting import (
+    CraftingStart,
     SourceModelSteps,
     ThroughAugmentation,
     WeightNoise,
     alternate,
     class_mean,
-    crafting_set,
     minimize_error,
+    start_crafting,
 )
 from uebench.data import ImageData
 from uebench.errors import UebenchError
@@ -81,17 +81,9 @@ class ErrorMinimizing(Method):
         if self.steps < 1 or self.model_steps < 0 or self.max_rounds < 1:
             raise UebenchError("emin needs steps >= 1, model_steps >= 0 and max_rounds >= 1")
 
-    def _source_steps(
-        self, model: nn.Module, num_samples: int, generator: torch.Generator, device: torch.device
-    ) -> SourceModelSteps:
-        return SourceModelSteps(
-            model,
-            num_samples,
-            lr=self.lr,
-            batch_size=self.batch_size,
-            generator=generator,
-            device=device,
-        )
+    def _source_steps(self, opening: CraftingStart, model: nn.Module) -> SourceModelSteps:
+        """The source model's SGD steps; ``model`` is the source as crafting sees it."""
+        return opening.source_steps(self.lr, self.batch_size, model=model)
 
     def _weight_noise(self, source: SourceModelSteps) -> WeightNoise | None:
         """The weight perturbations the noise steps average over (none for plain emin)."""
@@ -104,16 +96,13 @@ class ErrorMinimizing(Method):
         return {}
 
     def craft(self, data: ImageData, ctx: CraftContext) -> Poison:
-        started = time.perf_counter()
-        torch.manual_seed(self.seed)
-        generator = torch.Generator().manual_seed(self.seed)
-        device = ctx.device
-        crafting, x, y = crafting_set(data, self.subset, self.seed, device)
-        model = ctx.build_model(self.source, data)
+        opening = start_crafting(data, ctx, seed=self.seed, source=self.source, subset=self.subset)
+        device, model = opening.device, opening.model
+        crafting, x, y = opening.indices, opening.x, opening.y
         # The surrogate kept with the poison is ``model``; crafting sees it through the
         # augmentation when asked (the wrapper shares its parameters).
         seen = ThroughAugmentation(model, data.image_shape[-1]) if self.augment else model
-        source = self._source_steps(seen, len(x), generator, device)
+        source = self._source_steps(opening, seen)
         if self.form == "sample":
             delta = torch.zeros_like(x)
             noise_of = lambda index: delta[index]  # noqa: E731
@@ -161,7 +150,7 @@ class ErrorMinimizing(Method):
             "rounds": rounds,
             "final_error": error,
             "converged": error < self.stop_error,
-            "craft_seconds": time.perf_counter() - started,
+            "craft_seconds": opening.seconds(),
             **self._extra_meta(source),
         }
         surrogate = Surrogate.of(model, self.source, data.num_classes, data.image_shape)

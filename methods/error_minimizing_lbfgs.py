@@ -16,14 +16,13 @@ No public implementation exists; this follows the appendix text.
 
 from __future__ import annotations
 
-import time
 from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 
-from uebench.crafting import SourceModelSteps, alternate, craft_autocast
-from uebench.data import ImageData, to_float
+from uebench.crafting import alternate, craft_autocast, start_crafting
+from uebench.data import ImageData
 from uebench.errors import UebenchError
 from uebench.method import CraftContext, Method, check_eps
 from uebench.poison import Poison
@@ -67,21 +66,11 @@ class ErrorMinimizingLBFGS(Method):
         self.seed = seed
 
     def craft(self, data: ImageData, ctx: CraftContext) -> Poison:
-        started = time.perf_counter()
-        torch.manual_seed(self.seed)
-        generator = torch.Generator().manual_seed(self.seed)
-        x = to_float(data.x_train.to(ctx.device))
-        y = data.y_train.to(ctx.device)
+        # The whole training set, in order.
+        opening = start_crafting(data, ctx, seed=self.seed, source=self.source)
+        model, x, y = opening.model, opening.x, opening.y
         delta = torch.zeros_like(x)
-        model = ctx.build_model(self.source, data)
-        source = SourceModelSteps(
-            model,
-            len(x),
-            lr=self.model_lr,
-            batch_size=self.batch_size,
-            generator=generator,
-            device=ctx.device,
-        )
+        source = opening.source_steps(self.model_lr, self.batch_size)
 
         def update_noise(index: torch.Tensor) -> None:
             delta[index] = self._solve(model, x[index], y[index], delta[index])
@@ -103,7 +92,7 @@ class ErrorMinimizingLBFGS(Method):
             "rounds": rounds,
             "final_error": error,
             "converged": error < self.stop_error,
-            "craft_seconds": time.perf_counter() - started,
+            "craft_seconds": opening.seconds(),
         }
         return Poison(delta.cpu().clamp(-self.eps, self.eps), torch.arange(len(x)), self.eps, meta)
 

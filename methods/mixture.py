@@ -15,6 +15,7 @@ from uebench.data import ImageData
 from uebench.errors import UebenchError
 from uebench.method import CraftContext, Method
 from uebench.poison import Poison
+from uebench.registry import METHODS
 from uebench.threat import ThreatModel
 
 
@@ -46,8 +47,6 @@ class Mixture(Method):
 
     def threat_model(self) -> ThreatModel:
         """The larger of the parts' L∞ budgets (both parts must be L∞ noise)."""
-        from uebench.registry import METHODS
-
         parts = [METHODS.build(spec).threat_model() for spec in (self.first, self.second)]
         if any(part is None or part.norm != "linf" for part in parts):
             shown = ", ".join(part.describe() if part else "undeclared" for part in parts)

@@ -8,11 +8,9 @@ The published poison pastes the class's patch at one random (seeded) location pe
 
 from __future__ import annotations
 
-import time
-
 import torch
 
-from uebench.crafting import SourceModelSteps, alternate, class_mean, crafting_set, minimize_error
+from uebench.crafting import alternate, class_mean, minimize_error, start_crafting
 from uebench.data import ImageData
 from uebench.errors import UebenchError
 from uebench.method import CraftContext, Method, check_eps, check_fraction
@@ -82,25 +80,15 @@ class PatchErrorMinimizing(Method):
         self.seed = seed
 
     def craft(self, data: ImageData, ctx: CraftContext) -> Poison:
-        started = time.perf_counter()
         _, height, width = data.image_shape
         if self.size > min(height, width):
             raise UebenchError(
                 f"emin-patch size {self.size} is larger than the {height}×{width} images"
             )
-        torch.manual_seed(self.seed)
-        generator = torch.Generator().manual_seed(self.seed)
-        device = ctx.device
-        _, x, y = crafting_set(data, self.subset, self.seed, device)
-        model = ctx.build_model(self.source, data)
-        source = SourceModelSteps(
-            model,
-            len(x),
-            lr=self.lr,
-            batch_size=self.batch_size,
-            generator=generator,
-            device=device,
-        )
+        opening = start_crafting(data, ctx, seed=self.seed, source=self.source, subset=self.subset)
+        generator, device, model = opening.generator, opening.device, opening.model
+        x, y = opening.x, opening.y
+        source = opening.source_steps(self.lr, self.batch_size)
         patches = torch.zeros(
             data.num_classes, data.image_shape[0], self.size, self.size, device=device
         )
@@ -152,7 +140,7 @@ class PatchErrorMinimizing(Method):
             "rounds": rounds,
             "final_error": error,
             "converged": error < self.stop_error,
-            "craft_seconds": time.perf_counter() - started,
+            "craft_seconds": opening.seconds(),
         }
         return Poison(bank.clamp(-self.eps, self.eps), torch.arange(count), self.eps, meta)
 

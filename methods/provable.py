@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from uebench.methods.error_minimizing import ErrorMinimizing
 
-from uebench.crafting import SmoothedSourceSteps, SourceModelSteps, WeightNoise
+from uebench.crafting import CraftingStart, SmoothedSourceSteps, SourceModelSteps, WeightNoise
 from uebench.errors import UebenchError
 
 
@@ -100,22 +100,19 @@ class ProvablyUnlearnable(ErrorMinimizing):
         """The weight-noise levels σ_j = j·Δ, j = 0..J."""
         return tuple(j * self.sigma_step for j in range(self.levels + 1))
 
-    def _source_steps(
-        self, model: nn.Module, num_samples: int, generator: torch.Generator, device: torch.device
-    ) -> SourceModelSteps:
+    def _source_steps(self, opening: CraftingStart, model: nn.Module) -> SourceModelSteps:
         # Separate streams for the surrogate's and the noise's draws keep each reproducible
         # whatever the other consumes.
-        model_draws = torch.Generator(device=device).manual_seed(self.seed + 1)
-        noise_draws = torch.Generator(device=device).manual_seed(self.seed + 2)
-        source = _SmoothedSource(
-            model,
-            num_samples,
-            lr=self.lr,
-            batch_size=self.batch_size,
-            generator=generator,
-            device=device,
+        model_draws = torch.Generator(device=opening.device).manual_seed(self.seed + 1)
+        noise_draws = torch.Generator(device=opening.device).manual_seed(self.seed + 2)
+        source = opening.source_steps(
+            self.lr,
+            self.batch_size,
+            model=model,
+            kind=_SmoothedSource,
             weight_noise=WeightNoise(self.sigmas, self.draws, model_draws),
         )
+        assert isinstance(source, _SmoothedSource)
         source.input_noise = WeightNoise(self.sigmas, self.noise_draws, noise_draws)
         return source
 

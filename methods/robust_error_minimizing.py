@@ -28,7 +28,6 @@ official code runs its own.  The trained source model is kept with the poison.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 import torch
@@ -36,7 +35,7 @@ import torch.nn.functional as F
 import torchattacks
 from torch import nn
 
-from uebench.crafting import SourceModelSteps, crafting_set, minimize_error
+from uebench.crafting import minimize_error, start_crafting
 from uebench.data import ImageData
 from uebench.errors import UebenchError
 from uebench.method import CraftContext, Method, check_eps
@@ -140,20 +139,11 @@ class RobustErrorMinimizing(Method):
         )
 
     def craft(self, data: ImageData, ctx: CraftContext) -> Poison:
-        started = time.perf_counter()
-        torch.manual_seed(self.seed)
-        generator = torch.Generator().manual_seed(self.seed)
-        device = ctx.device
-        _, x, y = crafting_set(data, 1.0, self.seed, device)  # the whole set, in dataset order
-        model = ctx.build_model(self.source, data)
-        source = SourceModelSteps(
-            model,
-            len(x),
-            lr=self.lr,
-            batch_size=self.batch_size,
-            generator=generator,
-            device=device,
-        )
+        # The whole training set, in dataset order.
+        opening = start_crafting(data, ctx, seed=self.seed, source=self.source)
+        generator, device, model = opening.generator, opening.device, opening.model
+        x, y = opening.x, opening.y
+        source = opening.source_steps(self.lr, self.batch_size)
         augment = (
             standard_augmentation(data.image_shape[-1], padding=None, flip=True)
             if self.augment
@@ -189,7 +179,7 @@ class RobustErrorMinimizing(Method):
             "rho": self.rho,
             "train_steps": self.train_steps,
             "final_train_loss": loss,
-            "craft_seconds": time.perf_counter() - started,
+            "craft_seconds": opening.seconds(),
         }
         surrogate = Surrogate.of(model, self.source, data.num_classes, data.image_shape)
         rows = torch.arange(len(data.y_train))

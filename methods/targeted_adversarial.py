@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import math
 import sys
-import time
 from typing import ClassVar, Literal
 
 import kornia.augmentation as K
@@ -46,8 +45,8 @@ from torch import nn
 from uebench.crafting import (
     accuracy_under_noise,
     craft_autocast,
-    crafting_set,
     minimize_error,
+    start_crafting,
     trained_source,
 )
 from uebench.data import ImageData, to_float
@@ -131,19 +130,21 @@ class TargetedAdversarialPoisoning(Method):
     def craft(self, data: ImageData, ctx: CraftContext) -> Poison:
         if data.num_classes < 2:
             raise UebenchError("tap needs at least 2 classes to push images toward another one")
-        started = time.perf_counter()
-        torch.manual_seed(self.seed)
-        generator = torch.Generator().manual_seed(self.seed)
         official = self.source_recipe == "official"
         epochs = self.source_epochs
         if epochs is None:
             epochs = OFFICIAL_SOURCE_EPOCHS if official else ctx.train_config.epochs
-        if official:
-            model = official_source(self.source, data, ctx, epochs, generator)
-        else:
-            model = trained_source(self.source, data, ctx, epochs, generator)
+        # The whole training set, in order.
+        opening = start_crafting(
+            data,
+            ctx,
+            seed=self.seed,
+            source=self.source,
+            source_epochs=epochs,
+            train_source=official_source if official else trained_source,
+        )
+        generator, model, x, y = opening.generator, opening.model, opening.x, opening.y
         source_acc = accuracy(model, data.x_test, data.y_test, ctx.device)
-        _, x, y = crafting_set(data, 1.0, self.seed, ctx.device)  # the whole set, in order
         mapping = target_classes(data.num_classes, self.targets, generator)
         target = mapping.to(ctx.device)[y]
         seen = nn.Sequential(differentiable_shift_and_flip(), model) if self.augment else model
@@ -190,7 +191,7 @@ class TargetedAdversarialPoisoning(Method):
             "targets": mapping.tolist(),
             "target_loss": best_loss,
             "target_rate": rate,
-            "craft_seconds": time.perf_counter() - started,
+            "craft_seconds": opening.seconds(),
         }
         surrogate = (
             Surrogate.of(model, self.source, data.num_classes, data.image_shape)

@@ -19,9 +19,11 @@ from typing import ClassVar
 import torch
 
 from uebench.data import ImageData
+from uebench.datasets import load_dataset
 from uebench.errors import UebenchError
 from uebench.method import CraftContext, Method
 from uebench.poison import Poison
+from uebench.registry import METHODS
 from uebench.scenarios import resolve_classes
 from uebench.threat import ThreatModel
 
@@ -71,13 +73,9 @@ class Transfer(Method):
 
     def threat_model(self) -> ThreatModel | None:
         """The budget of the method whose noise it transfers."""
-        from uebench.registry import METHODS
-
         return METHODS.build(self.method).threat_model()
 
     def craft(self, data: ImageData, ctx: CraftContext) -> Poison:
-        from uebench.datasets import load_dataset
-
         source = load_dataset(self.dataset, self.root, self.train_size, None)
         if source.image_shape != data.image_shape:
             raise UebenchError(

@@ -12,10 +12,10 @@ import pytest
 import torch
 from tiny_cli import TINY_CLI
 
-from uebench.cache import method_identity, poison_key
 from uebench.cli import main
 from uebench.errors import UebenchError
 from uebench.grid.cell import load_cell_data
+from uebench.identity import method_identity, poison_key
 from uebench.method import CraftContext
 from uebench.poison_files import published_sha256
 from uebench.registry import METHODS

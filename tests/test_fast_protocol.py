@@ -14,9 +14,9 @@ from uebench.data import to_float
 from uebench.errors import UebenchError
 from uebench.grid.config import GridConfig
 from uebench.grid.protocols import protocol_names, resolve_protocol
-from uebench.leaderboard import leaderboard, read_records
 from uebench.method import CraftContext
 from uebench.registry import ARCHS
+from uebench.results.leaderboard import leaderboard, read_records
 from uebench.training import (
     Lookahead,
     TrainConfig,

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 import uebench.crafting as crafting
-from uebench.cache import poison_key
 from uebench.errors import UebenchError
+from uebench.identity import poison_key
 
 
 def test_crafting_runs_in_fp32_and_bf16_only_when_asked(monkeypatch):
@@ -53,8 +53,8 @@ def test_only_gradient_crafted_poisons_change_key_with_precision(monkeypatch):
 def test_tap_official_source_recipe_records_its_quality_and_warns_when_weak(capsys):
     from tests.test_rem_tap import synthetic
     from uebench.api import craft
-    from uebench.cache import method_identity
     from uebench.grid.protocols import resolve_protocol
+    from uebench.identity import method_identity
 
     data = synthetic(num_classes=3, per_class=20)
     spec = "tap:steps=1:restarts=1:batch_size=32:source_epochs=1:source=[smallcnn:width=4]"
@@ -73,7 +73,7 @@ def test_tap_official_source_recipe_records_its_quality_and_warns_when_weak(caps
 
 
 def test_unverified_references_are_shown_never_judged_and_ueraser_rows_name_a_variant(tmp_path):
-    from uebench.references import (
+    from uebench.results.references import (
         UNVERIFIED_STATUS,
         judge,
         load_references,
@@ -97,7 +97,7 @@ def test_unverified_references_are_shown_never_judged_and_ueraser_rows_name_a_va
 def test_emin_lbfgs_offers_a_true_lbfgs_solver_within_the_budget(tiny_cnn):
     import torch.nn.functional as F
 
-    from uebench.cache import method_identity
+    from uebench.identity import method_identity
     from uebench.registry import METHODS
 
     model = tiny_cnn()
@@ -130,8 +130,8 @@ def test_emin_lbfgs_offers_a_true_lbfgs_solver_within_the_budget(tiny_cnn):
 
 def test_orthoproj_paper_pipeline_adds_strong_augmentation_and_cutmix():
     from tests.test_field_countermeasures import uint8_trainset
-    from uebench.cache import defense_identity
     from uebench.grid.cell import build_countermeasure
+    from uebench.identity import countermeasure_identity
 
     train = uint8_trainset(90, shape=(3, 8, 8), k=3)
     plain = build_countermeasure("orthoproj:epochs=1:device=cpu")
@@ -149,4 +149,4 @@ def test_orthoproj_paper_pipeline_adds_strong_augmentation_and_cutmix():
         assert not torch.equal(out_x, x) and float(out_x.min()) >= 0 and float(out_x.max()) <= 1
         soft += out_y.dim() == 2  # a CutMixed batch has soft labels
     assert 2 <= soft <= 10  # CutMix on about half the batches
-    assert "pipeline" not in defense_identity("orthoproj")[0]["options"]
+    assert "pipeline" not in countermeasure_identity("orthoproj")[0]["options"]

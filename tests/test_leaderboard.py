@@ -8,7 +8,7 @@ import pytest
 
 from uebench.cli import main
 from uebench.errors import UebenchError
-from uebench.leaderboard import (
+from uebench.results.leaderboard import (
     aggregate,
     board_markdown,
     cells_frame,

@@ -25,10 +25,10 @@ import ray_plugins  # noqa: E402 - after the skip: only these tests need it
 
 import uebench  # noqa: E402
 from uebench.cli import main  # noqa: E402
+from uebench.files import this_host  # noqa: E402
 from uebench.grid import GridConfig, ResultStore  # noqa: E402
+from uebench.grid.outcome import CellsFailed  # noqa: E402
 from uebench.grid.ray_backend import Resources, choose_resources  # noqa: E402
-from uebench.grid.runner import CellsFailed  # noqa: E402
-from uebench.liveness import this_host  # noqa: E402
 from uebench.poison import Poison  # noqa: E402
 from uebench.registry import DEFENSES, METHODS  # noqa: E402
 

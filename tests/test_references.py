@@ -8,8 +8,9 @@ from test_leaderboard import write_cell
 
 from uebench.cli import main
 from uebench.errors import UebenchError
-from uebench.leaderboard import cells_frame, read_records
-from uebench.references import (
+from uebench.registry import DEFENSES, METHODS
+from uebench.results.leaderboard import cells_frame, read_records
+from uebench.results.references import (
     Reference,
     Verdict,
     available_sources,
@@ -20,7 +21,6 @@ from uebench.references import (
     read_reference_file,
     resolve_source,
 )
-from uebench.registry import DEFENSES, METHODS
 from uebench.spec import parse_spec
 
 PAPER = (

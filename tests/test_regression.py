@@ -6,8 +6,8 @@ import pytest
 from test_leaderboard import write_cell
 
 from uebench.errors import UebenchError
-from uebench.references import Reference
-from uebench.regression import grid_config
+from uebench.results.references import Reference
+from uebench.results.regression import grid_config
 
 pytest_plugins = ["pytester"]
 

@@ -21,7 +21,7 @@ import torch
 from tiny_cli import TINY_CLI
 
 import uebench.grid.runner as runner
-from uebench.cache import PoisonCache, poison_key
+from uebench.cache import PoisonCache
 from uebench.cli import main
 from uebench.countermeasure import Countermeasure, TrainSet
 from uebench.data import ImageData
@@ -29,7 +29,8 @@ from uebench.datasets import load_dataset
 from uebench.errors import UebenchError
 from uebench.grid import GridConfig, run_grid
 from uebench.grid.cell import load_cell_data
-from uebench.grid.runner import CellsFailed
+from uebench.grid.outcome import CellsFailed
+from uebench.identity import poison_key
 from uebench.method import CraftContext, Method, craft_within_threat
 from uebench.poison import Poison
 from uebench.registry import DEFENSES, METHODS

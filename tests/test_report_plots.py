@@ -8,11 +8,11 @@ import sys
 import pytest
 from test_leaderboard import write_cell
 
-from uebench import plots
 from uebench.cli import main
 from uebench.errors import UebenchError
-from uebench.leaderboard import leaderboard
-from uebench.report import write_report
+from uebench.results import plots
+from uebench.results.leaderboard import leaderboard
+from uebench.results.report import write_report
 
 pytest.importorskip("matplotlib")
 pytest.importorskip("seaborn")

@@ -30,25 +30,26 @@ from test_leaderboard import write_cell
 from tiny_cli import TINY_CLI
 
 import uebench
-from uebench.cache import PoisonCache, method_identity, poison_key, spec_plugins
+from uebench.cache import PoisonCache
 from uebench.cli import main
 from uebench.data import ImageData
 from uebench.errors import UebenchError
+from uebench.files import atomic_write, remove_stale_temporaries, this_host
 from uebench.grid import GridConfig, ResultStore, run_grid, summary
 from uebench.grid import runner as runner_module
 from uebench.grid import store as store_module
-from uebench.grid.cell import Cell, spec_poison
-from uebench.leaderboard import (
+from uebench.grid.cell import Cell
+from uebench.identity import method_identity, poison_key, spec_plugins
+from uebench.registry import METHODS
+from uebench.results.leaderboard import (
     NEAR_CHANCE_STATUS,
     board_markdown,
     leaderboard,
     near_chance,
     pivot,
 )
-from uebench.liveness import remove_stale_temporaries, this_host
-from uebench.poison import atomic_write
-from uebench.references import Reference, compare
-from uebench.registry import METHODS
+from uebench.results.references import Reference, compare
+from uebench.scenarios import spec_poison
 from uebench.training import TrainConfig
 
 #: The conftest ``tiny_grid`` settings as ``uebench run`` flags.
@@ -137,7 +138,7 @@ def test_compare_neither_fails_nor_passes_noise_over_a_near_chance_baseline(blur
         Reference(id="clean-blur", method="clean", defense="blur", value=80.0, **common),
         Reference(id="none", method="emin", defense="none", value=20.0, **common),
     ]
-    from uebench.leaderboard import cells_frame, read_records
+    from uebench.results.leaderboard import cells_frame, read_records
 
     table = compare(references, cells_frame(read_records([blurred]))).set_index("reference")
     assert table.loc["s/blur", "status"] == NEAR_CHANCE_STATUS  # not a win...

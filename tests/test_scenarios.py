@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from uebench.cache import PoisonCache, method_identity
+from uebench.cache import PoisonCache
 from uebench.data import ImageData
 from uebench.diagnostics import backdoor_success_rate
 from uebench.errors import UebenchError
 from uebench.grid import GridConfig, run_grid
+from uebench.identity import method_identity
 from uebench.method import CraftContext
 from uebench.poison import Poison
 from uebench.registry import METHODS

@@ -8,9 +8,9 @@ import sys
 import pytest
 from tiny_cli import TINY_CLI
 
-from uebench.cache import plugin_identity
 from uebench.cli import main
 from uebench.errors import UebenchError
+from uebench.identity import plugin_identity
 from uebench.registry import ARCHS
 
 # A two-block ViT-Tiny of width 32 on the tiny grid's 8×8 digits: 2×2 patches of 4 px.

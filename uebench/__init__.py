@@ -1,17 +1,28 @@
-"""uebench: benchmark unlearnable examples (availability poisoning) against countermeasures."""
+"""uebench: benchmark unlearnable examples (availability poisoning) against countermeasures.
+
+This package's own modules are the core every folder builds on: the spec grammar (``spec``) and
+option conversion (``options``), plugin registries (``registry``) and identities
+(``identity``), data, threat models, poisons and their cache, the method and countermeasure
+contracts, training and crafting, file handling (``files``), certification and the Python API
+(``api``: :func:`run`, :func:`load`, :func:`craft`).  ``grid/`` runs grids of cells,
+``results/`` turns their records into tables, checks and pictures, ``cli/`` is the command line;
+the built-in methods and countermeasures are installed as ``uebench.methods`` and
+``uebench.attacks_defenses``.
+"""
 
 from uebench.api import craft, load, run
 from uebench.certify import Certificate, certify_model
 from uebench.data import ImageData
 from uebench.errors import UebenchError
 from uebench.poison import Poison, Surrogate
-from uebench.references import Reference, load_references
-from uebench.registry import ARCHS, DATASETS, DEFENSES, METHODS
-from uebench.report import write_report
+from uebench.registry import ARCHS, COUNTERMEASURES, DATASETS, DEFENSES, METHODS
+from uebench.results.references import Reference, load_references
+from uebench.results.report import write_report
 from uebench.version import __version__
 
 __all__ = [
     "ARCHS",
+    "COUNTERMEASURES",
     "DATASETS",
     "DEFENSES",
     "METHODS",

@@ -15,10 +15,11 @@ from typing import Any
 import pandas as pd
 
 from uebench.data import ImageData
+from uebench.datasets import load_dataset
 from uebench.grid import GridConfig, run_grid
-from uebench.grid.cell import spec_poison
 from uebench.method import CraftContext
 from uebench.poison import Poison
+from uebench.scenarios import spec_poison
 from uebench.training import TrainConfig, resolve_device
 
 
@@ -42,8 +43,6 @@ def load(
     runner's seed, so ``load(d, train_size=n)`` is the data a grid with ``--dataset d
     --train-size n`` trains on.
     """
-    from uebench.datasets import load_dataset
-
     return load_dataset(dataset, root, train_size, test_size, seed=0)
 
 

@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 from uebench.data import to_float
 from uebench.errors import UebenchError
-from uebench.poison import atomic_write
+from uebench.files import atomic_write
 from uebench.training import autocast
 
 #: The radii the public code sweeps.

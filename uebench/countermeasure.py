@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from uebench.errors import UebenchError
+from uebench.registry import COUNTERMEASURES
 
 
 @dataclass
@@ -152,7 +153,5 @@ class Composed(Countermeasure):
 
 def build_countermeasure(text: str) -> Countermeasure:
     """``none``, ``cutmix`` or ``cutmix+earlystop:...`` into one countermeasure object."""
-    from uebench.registry import DEFENSES
-
-    parts = [DEFENSES.build(piece) for piece in text.split("+")]
+    parts = [COUNTERMEASURES.build(piece) for piece in text.split("+")]
     return parts[0] if len(parts) == 1 else Composed(parts)

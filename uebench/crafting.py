@@ -9,9 +9,10 @@ Gaussian perturbations of the source model's trainable parameters.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -318,6 +319,77 @@ def crafting_set(
     and labels on ``device``."""
     indices = stratified_indices(data.y_train, round(fraction * len(data.y_train)), seed)
     return indices, to_float(data.x_train[indices].to(device)), data.y_train[indices].to(device)
+
+
+@dataclass
+class CraftingStart:
+    """What a crafting method starts from (:func:`start_crafting`): its seeded generator, its
+    source model, its crafting set (indices into the training set, float images and labels on
+    the device) and the time it started."""
+
+    generator: torch.Generator
+    device: torch.device
+    model: nn.Module
+    indices: torch.Tensor
+    x: torch.Tensor
+    y: torch.Tensor
+    started: float
+
+    def source_steps(
+        self,
+        lr: float,
+        batch_size: int,
+        *,
+        model: nn.Module | None = None,
+        kind: type[SourceModelSteps] = SourceModelSteps,
+        **options: Any,
+    ) -> SourceModelSteps:
+        """SGD steps on the source model (``model`` when it is seen through a wrapper) over the
+        crafting set, drawing batches from the method's generator; ``kind`` and ``options``
+        choose a variant (:class:`SmoothedSourceSteps` and its ``weight_noise``)."""
+        return kind(
+            self.model if model is None else model,
+            len(self.x),
+            lr=lr,
+            batch_size=batch_size,
+            generator=self.generator,
+            device=self.device,
+            **options,
+        )
+
+    def seconds(self) -> float:
+        """Seconds since crafting started (a poison's ``craft_seconds``)."""
+        return time.perf_counter() - self.started
+
+
+def start_crafting(
+    data: ImageData,
+    ctx: CraftContext,
+    *,
+    seed: int,
+    source: str,
+    subset: float = 1.0,
+    source_epochs: int | None = None,
+    train_source: Callable[..., nn.Module] | None = None,
+) -> CraftingStart:
+    """The opening every crafting method shares: seed torch and a generator with ``seed``,
+    build the ``source`` model (trained on the clean training set for ``source_epochs`` epochs
+    as the victim would be, when given: :func:`trained_source`, or ``train_source`` with the
+    same arguments for another recipe) and take the stratified ``subset`` of the training set
+    to craft on (:func:`crafting_set`).
+
+    The order is the one the methods always used (model, then crafting set, which draws from
+    its own seeded generator), so their poisons are what they were.
+    """
+    started = time.perf_counter()
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    if source_epochs is None:
+        model = ctx.build_model(source, data)
+    else:
+        model = (train_source or trained_source)(source, data, ctx, source_epochs, generator)
+    indices, x, y = crafting_set(data, subset, seed, ctx.device)
+    return CraftingStart(generator, ctx.device, model, indices, x, y, started)
 
 
 def class_mean(delta: torch.Tensor, per_sample: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -21,6 +21,7 @@ import torch
 from uebench.data import ImageData, from_numpy_nhwc, stratified_indices
 from uebench.errors import UebenchError
 from uebench.registry import DATASETS
+from uebench.scenarios import resolve_classes
 
 DEFAULT_ROOT = "~/.cache/uebench/data"
 CIFAR10_CLASSES = (
@@ -423,8 +424,6 @@ def add_classes(
     class; with ``transfer:method=[emin]:dataset=cifar10`` those images carry the noise crafted
     for them on CIFAR-10.  ``extra_root`` defaults to ``--data-root``.
     """
-    from uebench.scenarios import resolve_classes
-
     first = DATASETS.build(base, root)
     second = DATASETS.build(extra, extra_root or root)
     if first.image_shape != second.image_shape:

@@ -224,3 +224,22 @@ def mean_train_acc(record: dict[str, Any]) -> float:
     """Mean training accuracy (percent) over a record's epochs (NaN when none is recorded)."""
     values = [h["train_acc"] for h in record["history"] if h.get("train_acc") is not None]
     return sum(values) / len(values) if values else float("nan")
+
+
+def clean_baselines(records: list[dict[str, Any]]) -> dict[tuple[Any, ...], dict[str, Any]]:
+    """The clean-method record of each setting (dataset, countermeasure, arch, seed, protocol)."""
+    return {
+        record_setting(r): r for r in records if str(r.get("method_spec", r["method"])) == "clean"
+    }
+
+
+def record_setting(record: dict[str, Any]) -> tuple[Any, ...]:
+    """The setting a record measured in (what its clean baseline shares with it)."""
+    return (
+        record["dataset"],
+        record.get("defense_spec", record["defense"]),
+        record["arch"],
+        record["seed"],
+        record.get("protocol"),
+        record.get("train_size"),
+    )

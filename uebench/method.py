@@ -19,7 +19,9 @@ from tqdm.auto import tqdm
 from uebench.cache import PoisonCache
 from uebench.data import ImageData
 from uebench.errors import UebenchError
+from uebench.identity import poison_key
 from uebench.poison import Poison
+from uebench.registry import ARCHS, METHODS
 from uebench.threat import ThreatModel
 from uebench.training import TrainConfig
 
@@ -41,9 +43,6 @@ class CraftContext:
         Composite methods (mixtures, transfer) build on other methods' poisons this way, so a
         noise set crafted once is shared by every method and cell that uses it.
         """
-        from uebench.cache import poison_key
-        from uebench.registry import METHODS
-
         build = lambda: craft_within_threat(  # noqa: E731
             METHODS.resolve(method).without_common().build(), data, self, method
         )
@@ -65,8 +64,6 @@ class CraftContext:
         """A fresh source model from an architecture spec such as ``resnet18:width=16``; a
         model with a data-dependent init (airbench's whitening) is fitted to the crafter's
         clean training images."""
-        from uebench.registry import ARCHS
-
         model = ARCHS.build(arch, data.num_classes, data.image_shape).to(self.device)
         fit = getattr(model, "fit_to_training_images", None)
         if callable(fit):  # only then is the training set worth moving to the device here

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +23,8 @@ import torch
 from torch import nn
 
 from uebench.errors import UebenchError
-from uebench.liveness import writer_tag
+from uebench.files import atomic_write
+from uebench.registry import ARCHS
 from uebench.threat import ThreatModel
 
 #: Metadata a method records about the run that crafted a poison rather than about the noise;
@@ -60,8 +59,6 @@ class Surrogate:
 
     def build(self, device: torch.device | str = "cpu") -> nn.Module:
         """The model rebuilt from its architecture spec, weights loaded, in eval mode."""
-        from uebench.registry import ARCHS
-
         model = ARCHS.build(self.arch, self.num_classes, self.image_shape)
         try:
             model.load_state_dict(self.state)
@@ -236,29 +233,3 @@ class Poison:
         if poison.content_hash() != expected:
             raise UebenchError(f"poison file {path} is corrupt (content hash mismatch){advice}")
         return poison
-
-
-def atomic_write(path: Path, write: Any, mode: str = "wb") -> None:
-    """Write through a temporary file in the same folder and rename it into place.
-
-    The temporary file, ``.NAME.<pid>@<host>.XXXXXXXX.tmp``, names its writer, so a folder's
-    owner can remove those of writers killed mid-write
-    (:func:`uebench.liveness.remove_stale_temporaries`).
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(
-        dir=path.parent, prefix=f".{path.name}.{writer_tag()}.", suffix=".tmp"
-    )
-    try:
-        # mkstemp creates the file 0600; give it the mode a plain open() would (0666 & ~umask).
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)
-        with os.fdopen(handle, mode) as stream:
-            write(stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise

@@ -13,7 +13,6 @@ from __future__ import annotations
 import functools
 import inspect
 import sys
-import types
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,10 +20,8 @@ from importlib.metadata import entry_points
 from typing import Any
 
 from uebench.errors import UebenchError
-from uebench.spec import Spec, parse_float, parse_spec
-
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off"}
+from uebench.options import convert, guess
+from uebench.spec import Spec, parse_spec
 
 
 @dataclass(frozen=True)
@@ -58,46 +55,6 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def _convert(value: str, annotation: Any, where: str) -> Any:
-    origin = typing.get_origin(annotation)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(annotation) if a is not type(None)]
-        if value.lower() in {"none", "null", ""} and len(args) < len(typing.get_args(annotation)):
-            return None
-        errors = []
-        for arg in args:
-            try:
-                return _convert(value, arg, where)
-            except UebenchError as error:
-                errors.append(str(error))
-        raise UebenchError(errors[0])
-    if origin is typing.Literal:
-        allowed = typing.get_args(annotation)
-        if value not in allowed:
-            raise UebenchError(f"{where}: {value!r} is not one of {', '.join(map(str, allowed))}")
-        return value
-    if origin is tuple:
-        (item_type, *_) = typing.get_args(annotation) or (str,)
-        return tuple(_convert(v, item_type, where) for v in value.split(",") if v.strip())
-    if annotation is bool:
-        if value.lower() in _TRUE:
-            return True
-        if value.lower() in _FALSE:
-            return False
-        raise UebenchError(f"{where}: {value!r} is not a boolean (true/false)")
-    if annotation is int:
-        try:
-            return int(value)
-        except ValueError:
-            raise UebenchError(f"{where}: {value!r} is not an integer") from None
-    if annotation is float:
-        try:
-            return parse_float(value)
-        except UebenchError as error:
-            raise UebenchError(f"{where}: {error}") from None
-    return value
-
-
 def _takes_any_option(factory: Callable[..., Any]) -> bool:
     """Whether the plugin accepts options it does not name (a ``**options`` parameter)."""
     try:
@@ -105,29 +62,6 @@ def _takes_any_option(factory: Callable[..., Any]) -> bool:
     except (TypeError, ValueError):
         return False
     return any(p.kind is p.VAR_KEYWORD for p in parameters)
-
-
-def _guess(value: str) -> Any:
-    """An option for a ``**options`` plugin, typed by how it is written: ``32`` an int,
-    ``0.1`` or ``8/255`` a float, ``true``/``false`` a bool, ``none`` None, ``32,32`` a tuple
-    of those, anything else the string itself."""
-    if "," in value:
-        return tuple(_guess(part.strip()) for part in value.split(",") if part.strip())
-    lowered = value.lower()
-    if lowered in _TRUE - {"1"}:
-        return True
-    if lowered in _FALSE - {"0"}:
-        return False
-    if lowered in {"none", "null"}:
-        return None
-    try:
-        return int(value)
-    except ValueError:
-        pass
-    try:
-        return parse_float(value)
-    except UebenchError:
-        return value
 
 
 @functools.lru_cache(maxsize=64)
@@ -220,7 +154,7 @@ class Registry:
         if unknown and _takes_any_option(factory):
             # A plugin with ``**options`` (``timm:NAME``) hands options it does not name on to
             # the library it wraps, typed by their spelling.
-            passthrough = {key: _guess(given.pop(key)) for key in unknown}
+            passthrough = {key: guess(given.pop(key)) for key in unknown}
             unknown = []
         if unknown:
             valid = ", ".join(params) or "(none)"
@@ -231,7 +165,7 @@ class Registry:
         for key, param in params.items():
             if key in given:
                 where = f"{spec.text}: {key}"
-                options[key] = _convert(given[key], hints.get(key, str), where)
+                options[key] = convert(given[key], hints.get(key, str), where, text=True)
             elif param.default is inspect.Parameter.empty:
                 raise UebenchError(f"{self.kind} {spec.name!r} needs option {key!r}")
             elif key not in common:  # unset common options stay out, so old hashes hold
@@ -247,8 +181,16 @@ class Registry:
 # ``classes`` poisons only the named classes (numbers or names), for any method: the harness
 # crafts the method's noise once and leaves the other classes' images clean.
 METHODS = Registry("uebench.methods", "method", common={"classes": (tuple[str, ...] | None, None)})
-DEFENSES = Registry("uebench.defenses", "countermeasure")
+COUNTERMEASURES = Registry("uebench.defenses", "countermeasure")
+#: The countermeasure registry under its entry-point group's name, as plugin authors know it.
+DEFENSES = COUNTERMEASURES
 ARCHS = Registry("uebench.archs", "architecture")
 DATASETS = Registry("uebench.datasets", "dataset")
 
-REGISTRIES = {"methods": METHODS, "defenses": DEFENSES, "archs": ARCHS, "datasets": DATASETS}
+#: Every registry by the kind records and ``uebench list`` name it (``defenses``: the CLI's word).
+REGISTRIES = {
+    "methods": METHODS,
+    "defenses": COUNTERMEASURES,
+    "archs": ARCHS,
+    "datasets": DATASETS,
+}

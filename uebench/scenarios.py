@@ -1,4 +1,5 @@
-"""Scenario options the harness applies to any method's poison: which classes are unlearnable."""
+"""Scenario options the harness applies to any method's poison: which classes are unlearnable
+(a spec's ``classes=``), wherever a poison is made (grid cells, ``uebench.craft``)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,10 @@ from collections.abc import Sequence
 
 import torch
 
+from uebench.data import ImageData
 from uebench.errors import UebenchError
 from uebench.poison import Poison
+from uebench.registry import METHODS
 
 
 def resolve_classes(tokens: Sequence[str | int], class_names: Sequence[str]) -> list[int]:
@@ -38,3 +41,12 @@ def only_classes(poison: Poison, labels: torch.Tensor, classes: Sequence[int]) -
     rows = torch.where(keep, poison.rows, torch.full_like(poison.rows, -1))
     meta = {**poison.meta, "classes": list(classes)}
     return Poison(poison.delta, rows, poison.threat, meta, surrogate=poison.surrogate)
+
+
+def spec_poison(method: str, crafted: Poison, data: ImageData) -> Poison:
+    """``crafted`` restricted to the ``classes=`` the method spec names (all of it otherwise):
+    the harness's part of a spec, shared by the runner and ``uebench.craft``."""
+    classes = METHODS.resolve(method).options.get("classes")
+    if classes:
+        return only_classes(crafted, data.y_train, resolve_classes(classes, data.classes))
+    return crafted

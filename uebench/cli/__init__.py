@@ -18,37 +18,17 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-import tomllib
-
 from uebench.errors import UebenchError
-from uebench.grid.protocols import protocol_names
+from uebench.grid import GridConfig, run_grid, summary
+from uebench.grid.config import add_run_flags, run_values
+from uebench.grid.protocols import (
+    declared_datasets,
+    default_protocols,
+    protocol_names,
+    resolve_protocol,
+    spec_value,
+)
 from uebench.registry import REGISTRIES
-
-_RUN_FLAGS = {
-    "dataset": "dataset spec (default: cluttered-digits, embedded, offline)",
-    "data_root": "folder holding the dataset files",
-    "methods": "comma-separated method specs, e.g. clean,emin,emin:form=class",
-    "defenses": "comma-separated countermeasure specs, e.g. none,cutmix+earlystop",
-    "archs": "comma-separated architecture specs, e.g. resnet18:width=16",
-    "seeds": "victim training seeds, e.g. 0,1,2 or 0-4",
-    "epochs": "training epochs (default: the paper's for the dataset)",
-    "batch_size": "training batch size (default 128)",
-    "lr": "initial learning rate (default 0.025, the paper's; its code uses 0.1)",
-    "train_size": "stratified subset of the training set",
-    "test_size": "stratified subset of the test set",
-    "device": "auto, cpu or cuda[:N] (default auto)",
-    "out": "results folder (default runs/default)",
-    "cache_dir": "poison cache folder (default: cache/ beside the results folder)",
-    "protocol": "named settings bundle (uebench list protocols; default: the dataset's)",
-    "threads": "torch threads per cell (default: see README, Threads)",
-    "backend": "local (default) or ray",
-    "address": "Ray cluster address: auto or ray://HOST:PORT (default: start a local Ray)",
-    "cpus_per_cell": "Ray: CPUs each cell requests",
-    "gpus_per_cell": "Ray: GPUs each cell requests (default 1 when the cluster has GPUs)",
-    "max_cells": "refuse a grid of more cells than this (default 10000)",
-}
-_INT_FLAGS = {"epochs", "batch_size", "train_size", "test_size", "threads", "max_cells"}
-_FLOAT_FLAGS = {"lr", "cpus_per_cell", "gpus_per_cell"}
 
 #: Modules that add further subcommands (see the module docstring).
 COMMAND_MODULES: tuple[str, ...] = (
@@ -70,14 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run a method × countermeasure × arch × seed grid")
-    run.add_argument("--config", help="TOML or YAML file with the same keys; flags override it")
-    for name, text in _RUN_FLAGS.items():
-        kind = int if name in _INT_FLAGS else float if name in _FLOAT_FLAGS else str
-        run.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, help=text)
-    run.add_argument(
-        "--save-models", action="store_true", default=None, help="keep each trained victim model"
-    )
-    run.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_run_flags(run)
     run.set_defaults(handler=_run)
     listing = commands.add_parser("list", help="list registered plugins and their options")
     listing.add_argument(
@@ -89,48 +62,8 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def read_config_file(path: str) -> dict[str, Any]:
-    """A grid config from TOML (``.toml``) or YAML (``.yaml``/``.yml``)."""
-    file = Path(path)
-    try:
-        text = file.read_text()
-    except OSError as error:
-        raise UebenchError(f"cannot read config {path}: {error.strerror}") from None
-    try:
-        if file.suffix == ".toml":
-            values = tomllib.loads(text)
-        elif file.suffix in {".yaml", ".yml"}:
-            import yaml
-
-            values = yaml.safe_load(text) or {}
-        else:
-            raise UebenchError(f"config {path} must end in .toml, .yaml or .yml")
-    except (tomllib.TOMLDecodeError, ValueError) as error:
-        raise UebenchError(f"config {path} is not valid: {str(error).splitlines()[0]}") from None
-    except Exception as error:  # yaml's errors are many classes; all mean a malformed file
-        if isinstance(error, UebenchError):
-            raise
-        raise UebenchError(f"config {path} is not valid: {str(error).splitlines()[0]}") from None
-    if not isinstance(values, dict):
-        raise UebenchError(f"config {path} must be a mapping of keys to values")
-    return values.get("run", values) if isinstance(values.get("run"), dict) else values
-
-
 def _run(args: argparse.Namespace) -> None:
-    from uebench.grid import GridConfig, run_grid, summary
-
-    values = read_config_file(args.config) if args.config else {}
-    if values:
-        # A flag overriding a key does not make the file's own value right: check it alone too.
-        try:
-            GridConfig.from_dict(values)
-        except UebenchError as error:
-            raise UebenchError(f"{args.config}: {error}") from None
-    flags = {*_RUN_FLAGS, "save_models"}
-    values.update({k: v for k, v in vars(args).items() if k in flags and v is not None})
-    if args.no_progress:
-        values["progress"] = False
-    config = GridConfig.from_dict(values)
+    config = GridConfig.from_dict(run_values(args))
     started = time.perf_counter()
     table = run_grid(config)
     protocol = config.resolved_protocol()
@@ -175,8 +108,6 @@ def _threat_of(registry: Any, plugin: str) -> str:
 
 def _list_protocols() -> None:
     """Every protocol with every value it sets, for each dataset it declares."""
-    from uebench.grid.protocols import declared_datasets, default_protocols, resolve_protocol
-
     for name in protocol_names():
         print(f"{name}:")
         first = resolve_protocol(name, "*")
@@ -197,8 +128,6 @@ def _list_protocols() -> None:
 
 def _show_value(value: Any) -> str:
     """Protocol values in the spec grammar: ``emin:steps=5``, ``source=[resnet18:width=16]``."""
-    from uebench.grid.protocols import spec_value
-
     if isinstance(value, dict):
         nested = any(isinstance(v, dict) for v in value.values())
         if nested:  # per-plugin options: one spec per plugin

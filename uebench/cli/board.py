@@ -7,7 +7,19 @@ from pathlib import Path
 from typing import Any
 
 from uebench.errors import UebenchError
-from uebench.leaderboard import RANK_BY
+from uebench.files import atomic_write, check_writable
+from uebench.results.leaderboard import (
+    NEAR_CHANCE_STATUS,
+    RANK_BY,
+    board_markdown,
+    cells_frame,
+    leaderboard,
+    markdown_table,
+    read_records,
+    write_board,
+)
+from uebench.results.references import compare, load_references
+from uebench.results.report import write_report
 
 
 def register(commands: Any) -> None:
@@ -82,8 +94,6 @@ def _metric_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _leaderboard(args: argparse.Namespace) -> None:
-    from uebench.leaderboard import board_markdown, leaderboard, write_board
-
     board, _ = leaderboard(args.run_dirs, args.metric)
     if args.out is None:
         print(board_markdown(board, args.rank_by))
@@ -94,10 +104,6 @@ def _leaderboard(args: argparse.Namespace) -> None:
 
 def _compare(args: argparse.Namespace) -> None:
     import pandas as pd
-
-    from uebench.leaderboard import NEAR_CHANCE_STATUS, cells_frame, markdown_table, read_records
-    from uebench.poison import atomic_write
-    from uebench.references import compare, load_references
 
     references = load_references(*args.reference)
     table = compare(references, cells_frame(read_records(args.run_dirs)))
@@ -141,11 +147,8 @@ def _compare(args: argparse.Namespace) -> None:
 
 
 def _report(args: argparse.Namespace) -> None:
-    from uebench.grid.config import _check_writable
-    from uebench.report import write_report
-
     out = args.out or str(Path(args.run_dirs[0]) / "report")
     # A file in the way (or a read-only place) is one line before any record is read.
-    _check_writable("report -o", Path(out))
+    check_writable("report -o", Path(out))
     page = write_report(args.run_dirs, out, args.format, args.metric, args.rank_by, args.reference)
     print(f"wrote {page}")

@@ -23,9 +23,14 @@ from torch import nn
 
 from uebench.certify import DEFAULT_ETAS, certify_model, save_certificate
 from uebench.data import ImageData
+from uebench.datasets import load_dataset
 from uebench.errors import UebenchError
+from uebench.grid.cell import load_cell_data
+from uebench.identity import poison_key
 from uebench.poison import Poison
+from uebench.registry import ARCHS
 from uebench.spec import parse_float
+from uebench.training import resolve_device
 
 
 @dataclass
@@ -90,8 +95,6 @@ def _float_list(text: str) -> list[float]:
 
 
 def _certify(args: argparse.Namespace) -> None:
-    from uebench.training import resolve_device
-
     device = resolve_device(args.device)
     target = resolve_target(args)
     certificate = certify_model(
@@ -143,10 +146,6 @@ def _folder_hint(folder: Path) -> str:
 
 def cell_target(path: Path, which: str = "victim", test_size: int | None = None) -> Target:
     """A grid cell's saved victim (``which="victim"``) or its poison's crafting surrogate."""
-    from uebench.cache import poison_key
-    from uebench.grid.cell import load_cell_data
-    from uebench.registry import ARCHS
-
     try:
         record = json.loads(path.read_text())
         config = record["config"]
@@ -187,8 +186,6 @@ def cell_target(path: Path, which: str = "victim", test_size: int | None = None)
 
 def poison_target(path: Path, args: argparse.Namespace) -> Target:
     """A poison file's surrogate, on the dataset ``args`` name (as ``uebench run`` loads it)."""
-    from uebench.datasets import load_dataset
-
     data = load_dataset(
         args.dataset or "cluttered-digits", args.data_root, args.train_size, args.test_size, seed=0
     )

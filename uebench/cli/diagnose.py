@@ -10,7 +10,7 @@ from typing import Any
 
 import pandas as pd
 
-from uebench.diagnostics import shortcut_speed
+from uebench.diagnostics import clean_baselines, record_setting, shortcut_speed
 from uebench.errors import UebenchError
 from uebench.grid.store import ResultStore
 
@@ -49,22 +49,6 @@ def select_records(
     if not records:
         raise UebenchError(f"no finished cell in {run_dir} matches the filters")
     return records
-
-
-def clean_baselines(records: list[dict[str, Any]]) -> dict[tuple[Any, ...], dict[str, Any]]:
-    """The clean-method record of each setting (dataset, countermeasure, arch, seed, protocol)."""
-    return {_setting(r): r for r in records if str(r.get("method_spec", r["method"])) == "clean"}
-
-
-def _setting(record: dict[str, Any]) -> tuple[Any, ...]:
-    return (
-        record["dataset"],
-        record.get("defense_spec", record["defense"]),
-        record["arch"],
-        record["seed"],
-        record.get("protocol"),
-        record.get("train_size"),
-    )
 
 
 def describe(record: dict[str, Any], clean: dict[str, Any] | None = None) -> str:
@@ -126,7 +110,7 @@ def _diagnose(args: argparse.Namespace) -> None:
     records = select_records(args.run_dir, args.cell, args.method, args.defense)
     # The clean rows come from the whole run, whatever the filters keep.
     baselines = clean_baselines(select_records(args.run_dir))
-    print("\n\n".join(_describe_checked(r, baselines.get(_setting(r))) for r in records))
+    print("\n\n".join(_describe_checked(r, baselines.get(record_setting(r))) for r in records))
 
 
 def _describe_checked(record: dict[str, Any], baseline: dict[str, Any] | None) -> str:

@@ -27,8 +27,12 @@ import torch
 
 from uebench.data import ImageData
 from uebench.errors import UebenchError
-from uebench.poison import Poison, atomic_write
+from uebench.files import atomic_write
+from uebench.grid.cell import Cell, cell_poison, craft_poison, load_cell_data
+from uebench.poison import Poison
 from uebench.poison_files import change_norms, published_sha256
+from uebench.training import TrainConfig
+from uebench.version import code_version
 
 
 def register(commands: Any) -> None:
@@ -85,9 +89,6 @@ def read_record(path: Path) -> dict[str, Any]:
 def cell_poison_of(record: dict[str, Any], progress: bool = True) -> tuple[ImageData, Poison]:
     """The cell's data and the poison it trained on (``classes=`` applied), from the poison
     cache or crafted again there, refused unless its hash is the one the record cites."""
-    from uebench.grid.cell import Cell, cell_poison, craft_poison, load_cell_data
-    from uebench.training import TrainConfig
-
     config = record["config"]
     names = {f.name for f in fields(Cell)} - {"train"}
     try:
@@ -144,8 +145,6 @@ def _manifest(
     change: torch.Tensor,
     form: str,
 ) -> dict[str, Any]:
-    from uebench.version import code_version
-
     threat = poison.threat
     return {
         "format": form,

@@ -16,24 +16,26 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from uebench.cache import (
-    PoisonCache,
+from uebench.cache import PoisonCache
+from uebench.countermeasure import TrainingContext, TrainSet, build_countermeasure
+from uebench.data import ImageData
+from uebench.datasets import load_dataset
+from uebench.diagnostics import backdoor_success_rate, per_class_accuracy, poison_separability
+from uebench.errors import UebenchError, plugin_errors
+from uebench.files import atomic_write
+from uebench.grid.protocols import resolve_protocol
+from uebench.identity import (
     cache_key,
-    defense_identity,
+    countermeasure_identity,
     method_identity,
     plugin_identity,
     poison_key,
     spec_plugins,
 )
-from uebench.countermeasure import TrainingContext, TrainSet, build_countermeasure
-from uebench.data import ImageData
-from uebench.diagnostics import backdoor_success_rate, per_class_accuracy, poison_separability
-from uebench.errors import UebenchError, plugin_errors
-from uebench.grid.protocols import resolve_protocol
 from uebench.method import CraftContext
-from uebench.poison import Poison, atomic_write
-from uebench.registry import ARCHS, METHODS
-from uebench.scenarios import only_classes, resolve_classes
+from uebench.poison import Poison
+from uebench.registry import ARCHS
+from uebench.scenarios import spec_poison
 from uebench.training import (
     EpochStats,
     TrainConfig,
@@ -47,7 +49,8 @@ from uebench.version import code_version
 
 @dataclass(frozen=True)
 class Cell:
-    """One unit of work: train ``arch`` on ``dataset`` poisoned by ``method`` under ``defense``."""
+    """One unit of work: train ``arch`` on ``dataset`` poisoned by ``method`` under the
+    countermeasure ``defense`` (the field keeps the record key's name, which feeds cell ids)."""
 
     dataset: str
     method: str
@@ -67,7 +70,7 @@ class Cell:
     defense_label: str | None = None
 
     def name(self) -> str:
-        """``method/defense/arch/seed`` as the user wrote them."""
+        """``method/countermeasure/arch/seed`` as the user wrote them."""
         return (
             f"{self.method_label or self.method}/{self.defense_label or self.defense}/"
             f"{self.arch}/seed {self.seed}"
@@ -80,7 +83,7 @@ class Cell:
             "train_size": self.train_size,
             "test_size": self.test_size,
             "method": method_identity(self.method),
-            "defense": defense_identity(self.defense),
+            "defense": countermeasure_identity(self.defense),
             "arch": plugin_identity("archs", self.arch),
             "seed": self.seed,
             "train": self.train.as_dict(),
@@ -96,8 +99,6 @@ def load_cell_data(
     dataset: str, data_root: str | None, train_size: int | None, test_size: int | None
 ) -> ImageData:
     """The cell's data (cached in-process so a grid loads each dataset once)."""
-    from uebench.datasets import load_dataset
-
     data = load_dataset(dataset, data_root, train_size, test_size, seed=0)
     if data.num_classes < 2:
         # Every accuracy would be 100% whatever the noise: a grid on it measures nothing.
@@ -164,15 +165,6 @@ def cell_poison(cell: Cell, crafted: Poison, data: ImageData) -> Poison:
     return spec_poison(cell.method, crafted, data)
 
 
-def spec_poison(method: str, crafted: Poison, data: ImageData) -> Poison:
-    """``crafted`` restricted to the ``classes=`` the method spec names (all of it otherwise):
-    the harness's part of a spec, shared by the runner and ``uebench.craft``."""
-    classes = METHODS.resolve(method).options.get("classes")
-    if classes:
-        return only_classes(crafted, data.y_train, resolve_classes(classes, data.classes))
-    return crafted
-
-
 def cell_plugins(cell: Cell) -> list[dict[str, Any]]:
     """Every plugin the cell ran (dataset, method and its nested specs, each countermeasure
     part, arch) with the distribution, version and source hash of its code, for the record."""
@@ -182,6 +174,22 @@ def cell_plugins(cell: Cell) -> list[dict[str, Any]]:
         *spec_plugins("defenses", cell.defense),
         *spec_plugins("archs", cell.arch),
     ]
+
+
+@dataclass
+class TrainedVictim:
+    """A cell's victim after training under its countermeasure, and what it measured."""
+
+    model: torch.nn.Module
+    trainset: TrainSet
+    history: list[EpochStats]
+    trained_acc: float  # the last epoch's clean test accuracy
+    final_acc: float  # the same, or after the countermeasure's ``after_training``
+    confusion: torch.Tensor
+    per_class: torch.Tensor
+    backdoor: float | None  # backdoor success rate (None when the poison is not class-wise)
+    best: int  # index into ``history`` of the best epoch
+    selected: int  # index into ``history`` of the epoch the countermeasure selects
 
 
 def run_cell(
@@ -212,6 +220,40 @@ def run_cell(
     poison = cell_poison(cell, crafted, data)
     craft_seconds = time.perf_counter() - craft_started
 
+    victim = train_victim(cell, data, poison, device, progress, pristine)
+    model_sha256 = None
+    if model_path is not None:
+        state = {name: value.detach().cpu() for name, value in victim.model.state_dict().items()}
+        atomic_write(model_path, lambda handle: torch.save(state, handle))
+        # `uebench certify` checks the file against this before trusting its weights.
+        model_sha256 = hashlib.sha256(model_path.read_bytes()).hexdigest()
+    record = cell_record(
+        cell, data, poison, victim, device, model_path, model_sha256, craft_seconds
+    )
+    record["wall_time_s"] = time.perf_counter() - started
+    return record
+
+
+def train_victim(
+    cell: Cell,
+    data: ImageData,
+    poison: Poison,
+    device: torch.device,
+    progress: bool = True,
+    pristine: dict[str, str] | None = None,
+) -> TrainedVictim:
+    """Train the cell's victim on its poisoned data under its countermeasure and measure it:
+    clean test accuracy per epoch, after training, per class, and the backdoor success rate.
+
+    A countermeasure's or architecture's own exceptions become one line naming the cell.  With
+    ``pristine`` (:func:`data_digest` of the shared data) a countermeasure that changed the
+    data in place is refused (:func:`check_data_unchanged`).
+    """
+
+    def check_unchanged() -> None:
+        if pristine is not None:
+            check_data_unchanged(data, pristine, f"countermeasure {cell.defense!r}")
+
     generator = torch.Generator().manual_seed(cell.seed)
     torch.manual_seed(cell.seed)
     training = f"cell {cell.name()} (countermeasure {cell.defense!r}, arch {cell.arch!r})"
@@ -227,7 +269,7 @@ def run_cell(
             ),
             generator,
         )
-        check_data_unchanged(data, pristine, f"countermeasure {cell.defense!r}")
+        check_unchanged()
         model = ARCHS.build(cell.arch, data.num_classes, data.image_shape)
         bar = tqdm(
             total=cell.train.epochs,
@@ -289,13 +331,35 @@ def run_cell(
         best = max(range(len(history)), key=lambda i: history[i].test_acc)
         selected = countermeasure.select(history)
     # Training hooks (augment, train_step, after_training) see the data too.
-    check_data_unchanged(data, pristine, f"countermeasure {cell.defense!r}")
-    model_sha256 = None
-    if model_path is not None:
-        state = {name: value.detach().cpu() for name, value in model.state_dict().items()}
-        atomic_write(model_path, lambda handle: torch.save(state, handle))
-        # `uebench certify` checks the file against this before trusting its weights.
-        model_sha256 = hashlib.sha256(model_path.read_bytes()).hexdigest()
+    check_unchanged()
+    return TrainedVictim(
+        model,
+        trainset,
+        history,
+        trained_acc,
+        final_acc,
+        confusion,
+        per_class,
+        backdoor,
+        best,
+        selected,
+    )
+
+
+def cell_record(
+    cell: Cell,
+    data: ImageData,
+    poison: Poison,
+    victim: TrainedVictim,
+    device: torch.device,
+    model_path: Path | None,
+    model_sha256: str | None,
+    craft_seconds: float,
+) -> dict[str, Any]:
+    """The cell's record (one JSON file in the result store): what ran, on which code and data,
+    and what the victim measured; :func:`run_cell` adds ``wall_time_s``."""
+    history, trainset = victim.history, victim.trainset
+    best, selected = victim.best, victim.selected
     return {
         "model_path": str(model_path) if model_path is not None else None,
         "model_sha256": model_sha256,
@@ -315,8 +379,8 @@ def run_cell(
         "recipe": cell.train.recipe(),  # every ingredient of the training recipe, set or not
         "train_size": len(data.y_train),
         "test_size": len(data.y_test),
-        "final_acc": final_acc,
-        "trained_acc": trained_acc,
+        "final_acc": victim.final_acc,
+        "trained_acc": victim.trained_acc,
         "best_acc": history[best].test_acc,
         "best_epoch": history[best].epoch,
         "selected_acc": history[selected].test_acc,
@@ -324,9 +388,9 @@ def run_cell(
         "history": [asdict(stats) for stats in history],
         "classes": list(data.classes),
         "num_classes": data.num_classes,
-        "confusion_matrix": confusion.tolist(),
-        "per_class_acc": [None if value != value else value for value in per_class.tolist()],
-        "backdoor_success": backdoor,
+        "confusion_matrix": victim.confusion.tolist(),
+        "per_class_acc": [None if value != value else value for value in victim.per_class.tolist()],
+        "backdoor_success": victim.backdoor,
         "shortcut_separability": poison_separability(poison, data),
         "poison_hash": poison.content_hash(),
         "threat": poison.threat.describe(),
@@ -344,6 +408,6 @@ def run_cell(
         "plugins": cell_plugins(cell),
         "device": str(device),
         "craft_time_s": craft_seconds,
-        "wall_time_s": time.perf_counter() - started,
+        "wall_time_s": None,  # run_cell's, once the record is built
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }

@@ -2,33 +2,55 @@
 
 from __future__ import annotations
 
-import math
-import numbers
+import argparse
 import os
-import tempfile
-import types
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+import tomllib
 
-from uebench.cache import method_identity
 from uebench.countermeasure import build_countermeasure
 from uebench.errors import UebenchError, plugin_errors
+from uebench.files import check_writable
 from uebench.grid.cell import Cell
 from uebench.grid.protocols import Protocol, resolve_protocol
+from uebench.identity import method_identity
+from uebench.options import convert
 from uebench.registry import ARCHS, METHODS
-from uebench.spec import split_list
 from uebench.training import TrainConfig, resolve_device
 
 #: The default bound on a grid's cell count (``max_cells``).
 DEFAULT_MAX_CELLS = 10_000
-#: No seed list may hold more seeds than this, whatever ``max_cells`` says: expanding
-#: ``0-100000000`` alone would take gigabytes before any bound could be checked.
-MAX_SEEDS = 1_000_000
+
+#: The flags of ``uebench run`` with their help: each sets the GridConfig field of its name.
+RUN_FLAGS = {
+    "dataset": "dataset spec (default: cluttered-digits, embedded, offline)",
+    "data_root": "folder holding the dataset files",
+    "methods": "comma-separated method specs, e.g. clean,emin,emin:form=class",
+    "defenses": "comma-separated countermeasure specs, e.g. none,cutmix+earlystop",
+    "archs": "comma-separated architecture specs, e.g. resnet18:width=16",
+    "seeds": "victim training seeds, e.g. 0,1,2 or 0-4",
+    "epochs": "training epochs (default: the paper's for the dataset)",
+    "batch_size": "training batch size (default 128)",
+    "lr": "initial learning rate (default 0.025, the paper's; its code uses 0.1)",
+    "train_size": "stratified subset of the training set",
+    "test_size": "stratified subset of the test set",
+    "device": "auto, cpu or cuda[:N] (default auto)",
+    "out": "results folder (default runs/default)",
+    "cache_dir": "poison cache folder (default: cache/ beside the results folder)",
+    "protocol": "named settings bundle (uebench list protocols; default: the dataset's)",
+    "threads": "torch threads per cell (default: see README, Threads)",
+    "backend": "local (default) or ray",
+    "address": "Ray cluster address: auto or ray://HOST:PORT (default: start a local Ray)",
+    "cpus_per_cell": "Ray: CPUs each cell requests",
+    "gpus_per_cell": "Ray: GPUs each cell requests (default 1 when the cluster has GPUs)",
+    "max_cells": "refuse a grid of more cells than this (default 10000)",
+}
+_INT_FLAGS = {"epochs", "batch_size", "train_size", "test_size", "threads", "max_cells"}
+_FLOAT_FLAGS = {"lr", "cpus_per_cell", "gpus_per_cell"}
 
 
 @dataclass
@@ -72,7 +94,9 @@ class GridConfig:
         hints = typing.get_type_hints(type(self))
         for spec in fields(self):
             value = getattr(self, spec.name)
-            setattr(self, spec.name, _checked(spec.name, value, hints[spec.name], spec.metadata))
+            setattr(
+                self, spec.name, convert(value, hints[spec.name], spec.name, bounds=spec.metadata)
+            )
         for key in ("out", "cache_dir", "data_root"):
             value = getattr(self, key)
             if value is not None and not value.strip():  # "" would mean the current folder
@@ -102,7 +126,7 @@ class GridConfig:
         if self.save_models:
             folders.append(("out", out / "models"))
         for key, folder in folders:
-            _check_writable(key, folder)
+            check_writable(key, folder)
         # results.csv is replaced atomically after each cell: a folder (or other non-file) in
         # its place, or a file its owner made read-only, would only fail after the first cell.
         table = out / "results.csv"
@@ -195,169 +219,74 @@ class GridConfig:
                                 f"{cell.name()} is the same cell as {first.name()}; running it once"
                             )
         if not cells:
-            raise UebenchError("the grid is empty: give at least one method, defense and seed")
+            raise UebenchError(
+                "the grid is empty: give at least one method, countermeasure and seed"
+            )
         return list(cells.values())
+
+
+def add_run_flags(parser: argparse.ArgumentParser) -> None:
+    """Add ``uebench run``'s flags to ``parser``: ``--config`` and one per :data:`RUN_FLAGS`."""
+    parser.add_argument("--config", help="TOML or YAML file with the same keys; flags override it")
+    for name, text in RUN_FLAGS.items():
+        kind = int if name in _INT_FLAGS else float if name in _FLOAT_FLAGS else str
+        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, help=text)
+    parser.add_argument(
+        "--save-models", action="store_true", default=None, help="keep each trained victim model"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def run_values(args: argparse.Namespace) -> dict[str, Any]:
+    """The GridConfig values of parsed ``uebench run`` flags: the ``--config`` file's, with the
+    flags given on top (:func:`merge_config`)."""
+    flags = {key: value for key, value in vars(args).items() if key in {*RUN_FLAGS, "save_models"}}
+    values = merge_config(getattr(args, "config", None), flags)
+    if getattr(args, "no_progress", False):
+        values["progress"] = False
+    return values
+
+
+def merge_config(path: str | None, flags: Mapping[str, Any]) -> dict[str, Any]:
+    """A config file's values (none without ``path``) with every flag that is not None over
+    them: how ``uebench run`` and a reference's command read a file and flags."""
+    values = read_config_file(path) if path else {}
+    if values:
+        # A flag overriding a key does not make the file's own value right: check it alone too.
+        try:
+            GridConfig.from_dict(values)
+        except UebenchError as error:
+            raise UebenchError(f"{path}: {error}") from None
+    values.update({key: value for key, value in flags.items() if value is not None})
+    return values
+
+
+def read_config_file(path: str) -> dict[str, Any]:
+    """A grid config from TOML (``.toml``) or YAML (``.yaml``/``.yml``)."""
+    file = Path(path)
+    try:
+        text = file.read_text()
+    except OSError as error:
+        raise UebenchError(f"cannot read config {path}: {error.strerror}") from None
+    try:
+        if file.suffix == ".toml":
+            values = tomllib.loads(text)
+        elif file.suffix in {".yaml", ".yml"}:
+            import yaml
+
+            values = yaml.safe_load(text) or {}
+        else:
+            raise UebenchError(f"config {path} must end in .toml, .yaml or .yml")
+    except (tomllib.TOMLDecodeError, ValueError) as error:
+        raise UebenchError(f"config {path} is not valid: {str(error).splitlines()[0]}") from None
+    except Exception as error:  # yaml's errors are many classes; all mean a malformed file
+        if isinstance(error, UebenchError):
+            raise
+        raise UebenchError(f"config {path} is not valid: {str(error).splitlines()[0]}") from None
+    if not isinstance(values, dict):
+        raise UebenchError(f"config {path} must be a mapping of keys to values")
+    return values.get("run", values) if isinstance(values.get("run"), dict) else values
 
 
 def _first(value: Any, fallback: Any) -> Any:
     return value if value is not None else fallback
-
-
-def _checked(key: str, value: Any, annotation: Any, bounds: Mapping[str, Any]) -> Any:
-    """``value`` as a value of ``annotation`` (``int | None``, ``list[str]``, ...) within
-    ``bounds`` (``min``, ``above``), or a one-line error naming the key, value and expectation.
-
-    Lists may also be given as comma-separated strings (seeds also as ranges, ``0-4``);
-    booleans must be real booleans; integers may not be floats with a fraction; floats must be
-    finite.
-    """
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        if value is None:
-            return None
-        (annotation,) = [a for a in typing.get_args(annotation) if a is not type(None)]
-    if typing.get_origin(annotation) is list:
-        (item_type,) = typing.get_args(annotation)
-        items = _as_list(key, value, item_type)
-        return [_checked_item(key, item, item_type, bounds, in_list=True) for item in items]
-    return _checked_item(key, value, annotation, bounds)
-
-
-def _as_list(key: str, value: Any, item_type: type) -> list[Any]:
-    kind = "integers" if item_type is int else "specs"
-    if isinstance(value, str):
-        items = parse_seeds(value) if item_type is int else split_list(value)
-    elif isinstance(value, (list, tuple)):
-        items = list(value)
-        if item_type is str:
-            for item in items:
-                _checked_item(key, item, str, {}, in_list=True)
-            items = split_list(items)
-    elif item_type is int and _is_int(value):
-        items = [value]
-    else:
-        raise UebenchError(
-            f"{key}: expected a list of {kind} or a comma-separated string, got {value!r}"
-        )
-    if not items:
-        raise UebenchError(f"{key} is empty: give at least one {kind[:-1]}")
-    return items
-
-
-def _checked_item(
-    key: str, value: Any, kind: type, bounds: Mapping[str, Any], in_list: bool = False
-) -> Any:
-    where = f"{key}: expected {'every item to be ' if in_list else ''}"
-    if kind is bool:
-        if not isinstance(value, (bool, np.bool_)):  # not "no", 0 or None
-            raise UebenchError(f"{where}true or false, got {value!r}")
-        return bool(value)
-    if kind is str:
-        if isinstance(value, os.PathLike):
-            value = os.fspath(value)
-        if not isinstance(value, str):
-            raise UebenchError(f"{where}a string, got {value!r}")
-        return value
-    if kind is int:
-        if not _is_int(value):
-            raise UebenchError(f"{where}an integer{_bounds_text(bounds)}, got {value!r}")
-        number: int | float = int(value)
-    elif kind is float:
-        number = float(value) if _is_real(value) else math.nan
-        if not math.isfinite(number):
-            raise UebenchError(f"{where}a finite number{_bounds_text(bounds)}, got {value!r}")
-    else:  # pragma: no cover - a field of a type this function does not know
-        raise TypeError(f"GridConfig.{key}: unsupported annotation {kind!r}")
-    low, above = bounds.get("min"), bounds.get("above")
-    if (low is not None and number < low) or (above is not None and number <= above):
-        noun = "an integer" if kind is int else "a finite number"
-        raise UebenchError(f"{where}{noun}{_bounds_text(bounds)}, got {value!r}")
-    return number
-
-
-def _is_real(value: Any) -> bool:
-    """A number (numpy's too), not a bool."""
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
-def _is_int(value: Any) -> bool:
-    """An integer, or a float without a fraction (``3.0`` for 3), not a bool."""
-    if not _is_real(value):
-        return False
-    return isinstance(value, numbers.Integral) or (
-        math.isfinite(value) and float(value).is_integer()
-    )
-
-
-def _bounds_text(bounds: Mapping[str, Any]) -> str:
-    if bounds.get("above") is not None:
-        return f" > {bounds['above']}"
-    if bounds.get("min") is not None:
-        return f" >= {bounds['min']}"
-    return ""
-
-
-def _check_writable(key: str, folder: Path) -> None:
-    """Create ``folder`` and write and remove a probe file in it; one line if either fails."""
-    # A name longer than the file system allows fails every call below with a traceback-worthy
-    # OSError; 255 bytes is the limit of ext4, xfs, btrfs, APFS and NTFS alike.
-    long = next((part for part in folder.parts if len(os.fsencode(part)) > 255), None)
-    if long is not None:
-        raise UebenchError(
-            f"{key}: the folder name {long[:40]}... is {len(os.fsencode(long))} bytes long; "
-            "file systems allow at most 255"
-        )
-    # mkdir's own errors for these ("File exists", "Not a directory") do not say which file.
-    try:
-        blocker = next(
-            (p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None
-        )
-    except OSError as error:
-        raise UebenchError(
-            f"{key}: cannot use {folder} ({error.strerror or type(error).__name__})"
-        ) from None
-    if blocker == folder:
-        raise UebenchError(f"{key}: {folder} is a file, not a folder")
-    if blocker is not None:
-        raise UebenchError(f"{key}: cannot create {folder}: {blocker} is a file")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        handle, probe = tempfile.mkstemp(dir=folder, prefix=".uebench-probe-")
-        os.close(handle)
-        os.unlink(probe)
-    except OSError as error:
-        raise UebenchError(
-            f"{key}: cannot write to {folder} ({error.strerror or type(error).__name__})"
-        ) from None
-
-
-def parse_seeds(value: Any) -> list[int]:
-    """``0,1,2``, ``0-4`` or a list of ints; a reversed range or no seed at all is an error."""
-    if _is_int(value):
-        return [int(value)]
-    if isinstance(value, (list, tuple)):
-        bad = next((v for v in value if not _is_int(v)), None)
-        if bad is not None or not value:
-            raise UebenchError(f"seeds: expected a list of integers, got {list(value)!r}")
-        return [int(v) for v in value]
-    if not isinstance(value, str):
-        raise UebenchError(f"seeds: expected e.g. 0,1,2, 0-4 or a list of integers, got {value!r}")
-    seeds: list[int] = []
-    for part in (part.strip() for part in value.split(",")):
-        try:
-            if "-" in part[1:]:
-                low, high = (int(end) for end in part.split("-", 1))
-                if high < low:
-                    raise UebenchError(f"seeds: the range {part} is reversed; write {high}-{low}")
-                if high - low + 1 + len(seeds) > MAX_SEEDS:
-                    raise UebenchError(
-                        f"seeds: {part} holds {high - low + 1} seeds; at most {MAX_SEEDS} "
-                        "in one grid"
-                    )
-                seeds.extend(range(low, high + 1))
-            elif part:
-                seeds.append(int(part))
-        except ValueError:
-            raise UebenchError(f"bad seeds {value!r}; use e.g. 0,1,2 or 0-4") from None
-    if not seeds:
-        raise UebenchError(f"seeds {value!r} names no seed; use e.g. 0,1,2 or 0-4")
-    return seeds

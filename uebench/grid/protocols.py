@@ -20,7 +20,7 @@ from typing import Any
 import tomllib
 
 from uebench.errors import UebenchError
-from uebench.registry import DATASETS, DEFENSES, METHODS, Registry
+from uebench.registry import COUNTERMEASURES, DATASETS, METHODS, Registry
 from uebench.spec import parse_spec
 
 #: Grid settings a protocol may set (the GridConfig fields of the same names).
@@ -102,7 +102,7 @@ class Protocol:
     def defense_spec(self, spec: str) -> str:
         """``spec`` (``a+b`` composes) with the protocol's countermeasure options added."""
         return "+".join(
-            _with_options(part, DEFENSES, self.defenses.get(parse_spec(part).name, {}))
+            _with_options(part, COUNTERMEASURES, self.defenses.get(parse_spec(part).name, {}))
             for part in spec.split("+")
         )
 

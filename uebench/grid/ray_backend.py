@@ -1,4 +1,5 @@
-"""The Ray backend: a grid's cells as Ray tasks on every core or GPU of one machine or a cluster.
+"""The ``ray`` backend (:mod:`uebench.grid.backends`): a grid's cells as Ray tasks on every
+core or GPU of one machine or a cluster.
 
 The driver (the process running ``uebench run --backend ray``) plans the grid and owns every
 file; workers only compute:
@@ -17,7 +18,7 @@ file; workers only compute:
 * A worker process or node that dies is a system failure: Ray reruns the task (``max_retries``),
   and the cell is recorded once, when its one successful run returns.  An exception raised by a
   cell is not retried (it would raise again): it is reported in one line, the other cells go
-  on, and the grid ends with :class:`~uebench.grid.runner.CellsFailed`.
+  on, and the grid ends with :class:`~uebench.grid.outcome.CellsFailed`.
 
 Ray is imported here only, and only when this backend runs: the base install does not need it.
 """
@@ -40,9 +41,10 @@ from typing import Any
 import pandas as pd
 from tqdm.auto import tqdm
 
-from uebench.cache import NESTED_SPECS, PoisonCache, poison_key
+from uebench.cache import PoisonCache
 from uebench.data import ImageData
 from uebench.errors import UebenchError
+from uebench.files import atomic_write
 from uebench.grid.cell import (
     Cell,
     cell_plugins,
@@ -53,11 +55,12 @@ from uebench.grid.cell import (
     run_cell,
 )
 from uebench.grid.config import GridConfig
-from uebench.grid.runner import CellsFailed, failure_line, grid_table
+from uebench.grid.outcome import CellsFailed, failure_line, grid_table
 from uebench.grid.store import ResultStore
 from uebench.grid.threads import torch_threads
+from uebench.identity import NESTED_SPECS, poison_key
 from uebench.method import CraftContext, check_declared_threat
-from uebench.poison import Poison, atomic_write
+from uebench.poison import Poison
 from uebench.registry import METHODS, REGISTRIES
 from uebench.training import resolve_device
 from uebench.version import code_version
@@ -395,7 +398,7 @@ def _cached(cache: PoisonCache, key: str, method: str) -> Poison:
 def run_grid_ray(config: GridConfig) -> pd.DataFrame:
     """Run every unfinished cell of the grid as Ray tasks; return results.csv as a DataFrame.
 
-    Raises :class:`~uebench.grid.runner.CellsFailed` at the end when cells raised, after every
+    Raises :class:`~uebench.grid.outcome.CellsFailed` at the end when cells raised, after every
     other cell's record is written.
     """
     ray = _import_ray()

@@ -1,4 +1,5 @@
-"""The local backend: run a grid's unfinished cells one after another in this process.
+"""The ``local`` backend (:mod:`uebench.grid.backends`): run a grid's unfinished cells one after
+another in this process.
 
 Each cell is claimed in the :class:`~uebench.grid.store.ResultStore` before it runs, so several
 ``uebench run`` processes on one ``--out`` share the work instead of repeating it.  A cell
@@ -13,12 +14,10 @@ from __future__ import annotations
 import socket
 import time
 from collections import Counter
-from pathlib import Path
 
 import pandas as pd
 from tqdm.auto import tqdm
 
-from uebench.errors import UebenchError
 from uebench.grid.cell import Cell, run_cell
 from uebench.grid.config import GridConfig
 from uebench.grid.store import ResultStore
@@ -28,14 +27,9 @@ from uebench.grid.threads import choose_threads, torch_threads
 WAIT_POLL_S = 2.0
 
 
-def run_grid(config: GridConfig) -> pd.DataFrame:
-    """Run every unfinished cell of the grid; return results.csv as a DataFrame."""
-    if config.backend == "ray":
-        from uebench.grid.ray_backend import run_grid_ray
-
-        return run_grid_ray(config)
-    if config.backend != "local":
-        raise UebenchError(f"unknown backend {config.backend!r}; valid: local, ray")
+def run_local(config: GridConfig) -> pd.DataFrame:
+    """The ``local`` backend: run every unfinished cell of the grid in this process; return
+    the grid's rows of results.csv."""
     cells = config.cells(report=tqdm.write)
     config.check_folders()  # a file in the way fails here, not after the first cell
     store = ResultStore(config.out)
@@ -111,44 +105,6 @@ def _run_one(cell: Cell, store: ResultStore, config: GridConfig, threads: int) -
         tqdm.write(
             f"uebench: {cell.name()}: {record['final_acc']:.1f}% ({record['wall_time_s']:.0f} s)"
         )
-
-
-class CellsFailed(UebenchError):
-    """Cells of a grid raised; every other cell's record (and results.csv) was written first.
-
-    Any backend that goes on past a failing cell ends with this, so the exit status says so.
-    """
-
-    def __init__(self, failed: list[str], total: int, out: str | Path | None = None) -> None:
-        self.failed = failed
-        self.total = total
-        shown = "; ".join(failed[:3]) + (f"; and {len(failed) - 3} more" if len(failed) > 3 else "")
-        # The success path prints where the results are; a failed grid has results too.
-        where = (
-            f"; the other cells' records are in {Path(out) / 'cells'}, the table in "
-            f"{Path(out) / 'results.csv'}"
-            if out is not None
-            else ""
-        )
-        super().__init__(
-            f"{len(failed)} of {total} cells failed (reported above; rerun to retry them): "
-            f"{shown}{where}"
-        )
-
-
-def failure_line(cell: Cell, reason: str) -> str:
-    """The one line that reports a failed cell: its name, its full specs and why."""
-    return (
-        f"uebench: cell failed: {cell.name()} [dataset={cell.dataset} method={cell.method} "
-        f"defense={cell.defense} arch={cell.arch} seed={cell.seed} id={cell.cell_id}]: {reason}"
-    )
-
-
-def grid_table(store: ResultStore, cells: list[Cell]) -> pd.DataFrame:
-    """The rows of results.csv that belong to ``cells``."""
-    table = store.table()
-    ids = {cell.cell_id for cell in cells}
-    return table[table["cell_id"].isin(ids)].reset_index(drop=True)
 
 
 def _holders(store: ResultStore, cells: list[Cell]) -> str:

@@ -26,8 +26,8 @@ from typing import Any
 import pandas as pd
 
 from uebench.errors import UebenchError
-from uebench.liveness import remove_stale_temporaries, this_host, writer_alive
-from uebench.poison import atomic_write
+from uebench.files import atomic_write, remove_stale_temporaries, this_host, writer_alive
+from uebench.records import read_record  # the one validation every reader shares
 
 try:  # claims are serialized with flock where there is one (not on Windows)
     import fcntl
@@ -205,8 +205,6 @@ class ResultStore:
         """A finished cell's record, or None; an unreadable or malformed record (a stub such as
         ``{"cell_id": ...}``, a JSON list) counts as unfinished, with one warning line on
         stderr ending in ``unreadable`` (what the caller will do about it)."""
-        from uebench.leaderboard import read_record  # the one validation every reader shares
-
         path = self.path(cell_id)
         if not path.exists():
             return None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from uebench.leaderboard import chance_level, near_chance, near_chance_warning
+from uebench.baseline import chance_level, near_chance, near_chance_warning
 
 
 def summary(table: pd.DataFrame) -> str:
@@ -12,7 +12,7 @@ def summary(table: pd.DataFrame) -> str:
 
     Columns are countermeasures (with the architecture too when the grid has several); the
     ``clean`` row is marked as the baseline, chance is stated, and a countermeasure under which
-    even clean training stayed near chance is flagged (:func:`uebench.leaderboard.near_chance`,
+    even clean training stayed near chance is flagged (:func:`uebench.baseline.near_chance`,
     the test the leaderboard, the report and ``uebench compare`` apply too): its column says
     nothing about the noise.
     """

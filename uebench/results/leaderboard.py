@@ -23,60 +23,25 @@ from typing import Any
 
 import pandas as pd
 
+from uebench.baseline import chance_level, near_chance, near_chance_warning
 from uebench.errors import UebenchError
-from uebench.poison import atomic_write
+from uebench.files import atomic_write
+from uebench.identity import countermeasure_identity, method_identity, plugin_identity
+from uebench.records import ACCURACY_METRICS, is_number, read_record
 from uebench.spec import parse_spec
 from uebench.threat import ThreatModel
 
-#: The accuracy columns every record has; ``final_acc`` is the default.
-ACCURACY_METRICS = ("final_acc", "selected_acc", "best_acc", "trained_acc")
 #: How the pivot orders methods: by their mean over countermeasures, or by their worst case
 #: for the poisoner (the highest accuracy any countermeasure recovers).
 RANK_BY = ("mean", "worst")
 
-_REQUIRED_TEXT = ("dataset", "method", "defense", "arch")
 _KINDS = ("dataset", "method", "defense", "arch")
 _SETTING = ["dataset", "arch", "epochs", "train_size", "test_size"]
 #: The keys of one setting: the cells a method's numbers are compared within.
 SETTING_KEYS = ["_key_dataset", "_key_arch", "_key_protocol", "_key_defense"]
 
-#: A clean row must clear chance by this share of the headroom above it (100% − chance) before
-#: its setting can show what noise does: 28% with 10 classes, 60% with 2, 20.8% with 100.
-#: Effective noise holds a victim 5-15 points above chance (19.9% for sample-wise
-#: error-minimizing noise on CIFAR-10, Huang et al. 2021), so a clean row below this leaves no
-#: room between "the noise works" and "nothing learned at all".
-NEAR_CHANCE_SHARE = 0.2
 #: What a near-chance setting gets instead of a verdict in ``uebench compare``.
 NEAR_CHANCE_STATUS = "baseline near chance"
-
-
-# --- the clean baseline ------------------------------------------------------------------------
-
-
-def chance_level(num_classes: float | None) -> float | None:
-    """Accuracy of guessing, 100/K percent (None when K is unknown)."""
-    if num_classes is None or num_classes != num_classes or num_classes < 1:
-        return None
-    return 100.0 / float(num_classes)
-
-
-def near_chance(clean_acc: float | None, num_classes: float | None) -> bool | None:
-    """Whether clean training reaching ``clean_acc`` (%) has learned too little to judge noise
-    by: below chance + :data:`NEAR_CHANCE_SHARE` of the headroom.  None when either is unknown.
-    """
-    chance = chance_level(num_classes)
-    if chance is None or clean_acc is None or clean_acc != clean_acc:
-        return None
-    return bool(clean_acc < chance + NEAR_CHANCE_SHARE * (100.0 - chance))
-
-
-def near_chance_warning(clean_acc: float, num_classes: float, where: str) -> str:
-    """One line saying a setting's clean row is near chance (used wherever one is flagged)."""
-    chance = chance_level(num_classes)
-    return (
-        f"clean training reached only {clean_acc:.1f}% under {where} (chance {chance:.1f}%): "
-        "that setting cannot show what the noise does"
-    )
 
 
 # --- reading records ---------------------------------------------------------------------------
@@ -109,50 +74,12 @@ def read_records(run_dirs: Iterable[str | Path]) -> list[dict[str, Any]]:
     return records
 
 
-def read_record(path: str | Path) -> dict[str, Any]:
-    """One cell record; a malformed file raises a one-line :class:`UebenchError` naming it."""
-    path = Path(path)
-    try:
-        record = json.loads(path.read_text())
-    except OSError as error:
-        raise UebenchError(f"cannot read record {path}: {error.strerror}") from None
-    except ValueError as error:
-        raise UebenchError(f"record {path} is not valid JSON: {error}") from None
-    if not isinstance(record, dict):
-        raise UebenchError(f"record {path} is not a JSON object")
-    for key in _REQUIRED_TEXT:
-        if not isinstance(record.get(key), str) or not record[key]:
-            raise UebenchError(f"record {path} has no {key!r} (a spec string)")
-    if not isinstance(record.get("seed"), int) or isinstance(record.get("seed"), bool):
-        raise UebenchError(f"record {path}: 'seed' must be an integer, got {record.get('seed')!r}")
-    for key in ("final_acc", *ACCURACY_METRICS[1:]):
-        if key in record and record[key] is not None and not _is_number(record[key]):
-            raise UebenchError(f"record {path}: {key!r} must be a number, got {record[key]!r}")
-    if not _is_number(record.get("final_acc")):
-        raise UebenchError(f"record {path} has no numeric 'final_acc'")
-    history = record.get("history", [])
-    if not isinstance(history, list) or not all(isinstance(h, dict) for h in history):
-        raise UebenchError(f"record {path}: 'history' must be a list of per-epoch objects")
-    notes = record.get("countermeasure_notes", {})
-    if notes is not None and not isinstance(notes, dict):
-        raise UebenchError(f"record {path}: 'countermeasure_notes' must be an object")
-    return record
-
-
-def _is_number(value: Any) -> bool:
-    return (
-        isinstance(value, (int, float))
-        and not isinstance(value, bool)
-        and math.isfinite(float(value))
-    )
-
-
 def metric_value(record: dict[str, Any], metric: str) -> float | None:
     """``record[metric]``, else ``record['countermeasure_notes'][metric]``, as a float or None."""
     value = record.get(metric)
     if value is None:
         value = (record.get("countermeasure_notes") or {}).get(metric)
-    return float(value) if _is_number(value) else None
+    return float(value) if is_number(value) else None
 
 
 # --- spelling-independent keys -----------------------------------------------------------------
@@ -173,13 +100,11 @@ def spec_key(kind: str, spec: str) -> str:
 
 def _canonical(kind: str, spec: str) -> Any:
     """The identity a cell records for ``spec`` (``config.identity``), the plugin's code
-    included for outside plugins (:func:`uebench.cache.plugin_identity`)."""
-    from uebench.cache import defense_identity, method_identity, plugin_identity
-
+    included for outside plugins (:func:`uebench.identity.plugin_identity`)."""
     if kind == "method":
         return method_identity(spec)
     if kind == "defense":
-        return defense_identity(spec)
+        return countermeasure_identity(spec)
     if kind in ("arch", "dataset"):
         return plugin_identity(f"{kind}s", spec)
     raise ValueError(f"unknown spec kind {kind!r}")
@@ -226,12 +151,12 @@ def cells_frame(records: Sequence[dict[str, Any]]) -> pd.DataFrame:
         row["num_classes"] = _num_classes(record)
         row["threat"] = _threat(record)
         separability = record.get("shortcut_separability")
-        row["separability"] = float(separability) if _is_number(separability) else None
+        row["separability"] = float(separability) if is_number(separability) else None
         row["_clean"] = _is_clean(record)
         for key in ACCURACY_METRICS:
             row[key] = metric_value(record, key)
         for key, value in (record.get("countermeasure_notes") or {}).items():
-            if key not in row and _is_number(value):
+            if key not in row and is_number(value):
                 row[key] = float(value)
         row["_path"] = record.get("_path")
         row.update(_record_keys(record))
@@ -246,7 +171,7 @@ def _threat(record: dict[str, Any]) -> str | None:
     if poison.get("threat"):
         return str(poison["threat"])
     eps = poison.get("eps")
-    return ThreatModel.linf(float(eps)).describe() if _is_number(eps) else None
+    return ThreatModel.linf(float(eps)).describe() if is_number(eps) else None
 
 
 def _num_classes(record: dict[str, Any]) -> int | None:

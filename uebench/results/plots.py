@@ -18,8 +18,8 @@ import numpy as np
 import pandas as pd
 
 from uebench.errors import UebenchError
-from uebench.leaderboard import cells_frame, pivot
-from uebench.poison import atomic_write
+from uebench.files import atomic_write
+from uebench.results.leaderboard import cells_frame, pivot
 
 _DPI = 110
 

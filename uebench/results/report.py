@@ -16,10 +16,16 @@ from typing import Any
 
 import pandas as pd
 
-from uebench import plots
-from uebench.diagnostics import first_epoch_above, shortcut_speed
+from uebench.diagnostics import (
+    clean_baselines,
+    first_epoch_above,
+    record_setting,
+    shortcut_speed,
+)
 from uebench.errors import UebenchError
-from uebench.leaderboard import (
+from uebench.files import atomic_write
+from uebench.results import plots
+from uebench.results.leaderboard import (
     NEAR_CHANCE_STATUS,
     aggregate,
     cells_frame,
@@ -29,8 +35,7 @@ from uebench.leaderboard import (
     read_records,
     text_pivot,
 )
-from uebench.poison import atomic_write
-from uebench.references import compare, load_references
+from uebench.results.references import compare, load_references
 
 FORMATS = ("html", "md")
 
@@ -135,14 +140,12 @@ def _sections(
 def diagnostics_table(records: Sequence[dict[str, Any]]) -> pd.DataFrame:
     """Per poisoned cell: its shortcut separability and the shortcut-speed reading against the
     clean row of the same dataset, countermeasure, architecture and seed."""
-    from uebench.cli.diagnose import _setting, clean_baselines
-
     clean = clean_baselines(list(records))
     rows = []
     for record in records:
         if str(record.get("method_spec", record["method"])) == "clean":
             continue
-        base = clean.get(_setting(record))
+        base = clean.get(record_setting(record))
         rows.append(
             {
                 "dataset": record["dataset"],

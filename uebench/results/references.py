@@ -6,7 +6,7 @@ cells a reference speaks about, and judges a measured number against the referen
 The format is documented in ``docs/leaderboard.md``.
 
 A noise method's number is not judged where the setting's clean row stayed near chance
-(:func:`uebench.leaderboard.near_chance`): there "as low as reported" is what any untrained
+(:func:`uebench.baseline.near_chance`): there "as low as reported" is what any untrained
 victim scores, so it is neither a regression nor a win; its status says so instead.
 """
 
@@ -24,8 +24,10 @@ from typing import Any
 import pandas as pd
 import tomllib
 
+from uebench.baseline import chance_level, near_chance
 from uebench.errors import UebenchError
-from uebench.leaderboard import NEAR_CHANCE_STATUS, chance_level, near_chance, spec_key
+from uebench.grid.protocols import protocol_names, resolve_protocol
+from uebench.results.leaderboard import NEAR_CHANCE_STATUS, spec_key
 from uebench.spec import parse_spec
 
 SUFFIXES = (".csv", ".yaml", ".yml", ".toml")
@@ -102,12 +104,9 @@ class Reference:
         options filled in, so the reference's specs are resolved the same way first.
         """
         method, defense = self.method, self.defense
-        if self.protocol:
-            from uebench.grid.protocols import protocol_names, resolve_protocol
-
-            if self.protocol in protocol_names():
-                protocol = resolve_protocol(self.protocol, self.dataset)
-                method, defense = protocol.method_spec(method), protocol.defense_spec(defense)
+        if self.protocol and self.protocol in protocol_names():
+            protocol = resolve_protocol(self.protocol, self.dataset)
+            method, defense = protocol.method_spec(method), protocol.defense_spec(defense)
         return {
             "_key_dataset": spec_key("dataset", self.dataset),
             "_key_method": spec_key("method", method),
@@ -129,7 +128,7 @@ def reference_dirs() -> list[Path]:
     ``./leaderboard/references``, then the checkout's own ``leaderboard/references``."""
     dirs = [Path(p) for p in os.environ.get(ENV_DIRS, "").split(os.pathsep) if p]
     dirs.append(Path.cwd() / "leaderboard" / "references")
-    dirs.append(Path(__file__).resolve().parent.parent / "leaderboard" / "references")
+    dirs.append(Path(__file__).resolve().parents[2] / "leaderboard" / "references")
     unique: list[Path] = []
     for folder in dirs:
         if folder.resolve() not in [d.resolve() for d in unique]:
@@ -342,7 +341,8 @@ def references_frame(references: Sequence[Reference]) -> pd.DataFrame:
 
 
 def match_cells(reference: Reference, cells: pd.DataFrame) -> pd.DataFrame:
-    """The measured cells (rows of :func:`uebench.leaderboard.cells_frame`) a reference is about:
+    """The measured cells (rows of :func:`uebench.results.leaderboard.cells_frame`) a reference
+    is about:
     same dataset, method, countermeasure and arch (in canonical form), the reference's epochs
     and sizes when it states them, and a number for its metric."""
     if cells.empty or reference.metric not in cells.columns:
