@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import uebench
-from uebench.airbench import AirbenchNet, airbench
+from uebench.archs.airbench import AirbenchNet, airbench
 from uebench.data import to_float
 from uebench.errors import UebenchError
 from uebench.grid.config import GridConfig

@@ -1,4 +1,9 @@
-"""Model architectures used in the paper: ResNet-18/50, VGG-11, DenseNet-121, plus a small CNN.
+"""Victim and crafting-source architectures.
+
+This module holds those of the paper: ResNet-18/50, VGG-11, DenseNet-121, plus a small CNN.
+``airbench`` is the fast protocol's victim (airbench's network, with its data-fitted whitening
+layer) and ``timm_models`` makes any timm model one (``timm:NAME``, the ``[timm]`` extra); each
+registers as an ``uebench.archs`` entry point, like a third-party architecture.
 
 Every factory takes the run-time arguments ``(num_classes, in_shape)`` (``in_shape`` is
 ``(C, H, W)``; inputs are float images in [0, 1]) and keyword-only user options such as
