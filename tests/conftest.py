@@ -3,6 +3,8 @@
 import pytest
 import torch
 
+import uebench.grid.runner as runner
+
 # The reference-regression plugin (options --uebench-results etc., the uebench_check fixture and
 # marks for reference cases).  Loaded here rather than through a pytest11 entry point so that it
 # runs only in this project's test sessions, not in every pytest session of a uebench user.
@@ -43,3 +45,12 @@ def make_tiny_cnn() -> torch.nn.Module:
 def tiny_cnn():
     """A factory of identical :func:`make_tiny_cnn` models (a test may need two)."""
     return make_tiny_cnn
+
+
+@pytest.fixture
+def no_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any cell that starts (and so loads data) fails the test: errors must come first."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("a cell started before the bad input was reported")
+
+    monkeypatch.setattr(runner, "run_cell", refuse)

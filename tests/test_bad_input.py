@@ -10,9 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tiny_cli import TINY_CLI
+from tiny_cli import TINY_CLI, one_line_error
 
-import uebench.grid.runner as runner
 from uebench.cli import main
 from uebench.cli.diagnose import select_records
 from uebench.countermeasure import Countermeasure
@@ -28,22 +27,8 @@ from uebench.spec import parse_float
 TINY = [*TINY_CLI, "--no-progress"]
 
 
-@pytest.fixture
-def no_work(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Any cell that starts (and so loads data) fails the test: errors must come first."""
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("a cell started before the bad input was reported")
-
-    monkeypatch.setattr(runner, "run_cell", refuse)
 
 
-def one_line_error(capsys: pytest.CaptureFixture[str], code: int) -> str:
-    """The CLI exited 2 with exactly one ``uebench: error:`` line; return it."""
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert code == 2, lines
-    assert len(lines) == 1 and lines[0].startswith("uebench: error: "), lines
-    return lines[0]
 
 
 # --------------------------------------------------------------------------- config values

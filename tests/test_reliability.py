@@ -18,9 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from tiny_cli import TINY_CLI
+from tiny_cli import TINY_CLI, one_line_error
 
-import uebench.grid.runner as runner
 from uebench.cache import PoisonCache
 from uebench.cli import main
 from uebench.countermeasure import Countermeasure, TrainSet
@@ -40,21 +39,8 @@ from uebench.training import TrainConfig
 TINY = [*TINY_CLI, "--no-progress"]
 
 
-@pytest.fixture
-def no_work(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Any cell that starts fails the test: the error must come before any work."""
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("a cell started before the bad input was reported")
-
-    monkeypatch.setattr(runner, "run_cell", refuse)
 
 
-def one_line_error(capsys: pytest.CaptureFixture[str], code: int) -> str:
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert code == 2, lines
-    assert len(lines) == 1 and lines[0].startswith("uebench: error: "), lines
-    return lines[0]
 
 
 def tiny_data() -> ImageData:

@@ -50,14 +50,7 @@ class CraftContext:
             return build()
         key = poison_key(method, data.fingerprint(), self.train_config.as_dict())
         poison = self.cache.get_or_craft(key, build)
-        # A hit was made by whoever wrote the file: hold it to the method's budget as a fresh
-        # crafting is (craft_within_threat), so a forged unbounded file is not trained on.
-        check_declared_threat(
-            METHODS.resolve(method).without_common().build(),
-            poison,
-            method,
-            f"its poison cache file {self.cache.path(key)} holds",
-        )
+        check_cache_hit(poison, method, self.cache, key)
         return poison
 
     def build_model(self, arch: str, data: ImageData) -> nn.Module:
@@ -139,6 +132,18 @@ def check_declared_threat(
             f"{poison.threat.describe()}"  # type: ignore[union-attr]
             + ("; delete it to recompute" if source != "crafted" else "")
         )
+
+
+def check_cache_hit(poison: Poison, method: str, cache: PoisonCache, key: str) -> None:
+    """Hold a poison read from ``cache`` to the budget ``method`` declares, as a fresh crafting
+    is (:func:`craft_within_threat`): a hit was made by whoever wrote the file, and a forged
+    unbounded one must not be trained on (one line advising deletion)."""
+    check_declared_threat(
+        METHODS.resolve(method).without_common().build(),
+        poison,
+        method,
+        f"its poison cache file {cache.path(key)} holds",
+    )
 
 
 def check_eps(eps: float) -> float:

@@ -59,7 +59,7 @@ from uebench.grid.outcome import CellsFailed, failure_line, grid_table
 from uebench.grid.store import ResultStore
 from uebench.grid.threads import torch_threads
 from uebench.identity import NESTED_SPECS, poison_key
-from uebench.method import CraftContext, check_declared_threat
+from uebench.method import CraftContext, check_cache_hit
 from uebench.poison import Poison
 from uebench.registry import METHODS, REGISTRIES
 from uebench.training import resolve_device
@@ -386,12 +386,7 @@ def _cached(cache: PoisonCache, key: str, method: str) -> Poison:
     """The driver's cache entry for ``key``, checked as a local run checks a hit: its own key,
     its content hash and the budget ``method`` declares (one line advising deletion if not)."""
     poison = cache.load(key)
-    check_declared_threat(
-        METHODS.resolve(method).without_common().build(),
-        poison,
-        method,
-        f"its poison cache file {cache.path(key)} holds",
-    )
+    check_cache_hit(poison, method, cache, key)
     return poison
 
 
