@@ -6,8 +6,9 @@
         --arch airbench:width=16 --epochs 8 --batch-size 256 --skip emin,advtrain  # a CPU
 
 Every cell runs through ``uebench``'s own path (``run_cell``: loading, crafting, training,
-evaluation) under ``--protocol fast``; flags override the protocol as ``uebench run``'s do.
-The learning rate follows the batch size linearly from the protocol's (1.5 at 1024).  It
+evaluation) under ``--protocol fast`` (``--protocol mini`` times the CPU protocol's CIFAR-10
+cell); flags override the protocol as ``uebench run``'s do.  The learning rate follows the
+batch size linearly from the protocol's (1.5 at 1024 for ``fast``).  It
 prints each stage's wall time, the trainer's images/s against the bare forward+backward+step
 throughput of the same model on the same device and batches, and the issue's GPU goals
 (clean cell ≤ 10 s at ≥ 93 %, sample-wise ``emin`` crafting ≤ 2 minutes).
@@ -25,6 +26,7 @@ import torch.nn.functional as F
 from uebench.data import to_float
 from uebench.grid.cell import craft_poison, load_cell_data, run_cell
 from uebench.grid.config import GridConfig
+from uebench.grid.protocols import resolve_protocol
 from uebench.registry import ARCHS
 from uebench.training import (
     accuracy,
@@ -40,12 +42,14 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def bare_throughput(cell, data, device: torch.device, steps: int) -> float:
-    """Images/s of forward+backward+step alone on one pre-made float batch (the model's limit)."""
+def bare_throughput(cell, data, device: torch.device, steps: int, compiled: bool = False) -> float:
+    """Images/s of forward+backward+step alone on one pre-made float batch (the model's limit);
+    ``compiled`` runs the model through ``torch.compile`` (compilation not timed)."""
     model = ARCHS.build(cell.arch, data.num_classes, data.image_shape).to(device)
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
     fit_to_training_images(model, data.x_train.to(device))
+    forward = torch.compile(model) if compiled else model
     config = cell.train
     optimizer, _ = make_optimizer(model, config, total_steps=steps + 1)
     images = to_float(data.x_train[: config.batch_size].to(device))
@@ -56,12 +60,13 @@ def bare_throughput(cell, data, device: torch.device, steps: int) -> float:
 
     def step() -> None:
         with autocast(device, config.amp):
-            loss = F.cross_entropy(model(images).float(), labels)
+            loss = F.cross_entropy(forward(images).float(), labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
 
-    step()  # warm-up: kernels chosen, memory allocated
+    for _ in range(3 if compiled else 1):  # warm-up: kernels chosen (compiled), memory allocated
+        step()
     sync(device)
     started = time.perf_counter()
     for _ in range(steps):
@@ -72,6 +77,7 @@ def bare_throughput(cell, data, device: torch.device, steps: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--protocol", default="fast")
     parser.add_argument("--dataset", default="cifar10")
     parser.add_argument("--data-root", default="../shared/data/cifar10")
     parser.add_argument("--train-size", type=int, default=None, help="default: the full set")
@@ -83,11 +89,18 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip", default="", help="comma-separated: clean, emin, advtrain")
     parser.add_argument("--bare-steps", type=int, default=20)
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="also time the bare step through torch.compile (whether it pays; the trainer "
+        "runs eager)",
+    )
     args = parser.parse_args()
     skip = {part for part in args.skip.split(",") if part}
 
     device = resolve_device(args.device)
     batch = args.batch_size
+    protocol = resolve_protocol(args.protocol, args.dataset)
     with tempfile.TemporaryDirectory() as cache:  # a fresh cache: crafting is timed, not read
         grid = GridConfig(
             dataset=args.dataset,
@@ -98,13 +111,13 @@ def main() -> None:
             seeds=[args.seed],
             epochs=args.epochs,
             batch_size=batch,
-            lr=None if batch is None else 1.5 * batch / 1024,
+            lr=None if batch is None else protocol.lr * batch / protocol.batch_size,
             train_size=args.train_size,
             test_size=args.test_size,
             device=args.device,
             cache_dir=cache,
             progress=False,
-            protocol="fast",
+            protocol=args.protocol,
         )
         cells = {(c.method_label, c.defense_label): c for c in grid.cells()}
         clean, emin = cells["clean", "none"], cells["emin", "advtrain"]
@@ -113,13 +126,21 @@ def main() -> None:
         load_seconds = time.perf_counter() - started
         print(
             f"device={device} torch={torch.__version__} threads={torch.get_num_threads()} "
-            f"dataset={args.dataset} train={len(data.y_train)} test={len(data.y_test)} "
+            f"protocol={args.protocol} dataset={args.dataset} "
+            f"train={len(data.y_train)} test={len(data.y_test)} "
             f"arch={clean.arch} epochs={clean.train.epochs} batch={clean.train.batch_size} "
             f"lr={clean.train.lr:g}"
         )
         print(f"loading: {load_seconds:.1f} s")
         bare = bare_throughput(clean, data, device, args.bare_steps)
         print(f"bare forward+backward+step: {bare:.0f} img/s")
+        if args.compile:
+            started = time.perf_counter()
+            compiled = bare_throughput(clean, data, device, args.bare_steps, compiled=True)
+            print(
+                f"bare step through torch.compile: {compiled:.0f} img/s = {compiled / bare:.2f} × "
+                f"eager (compiling and timing took {time.perf_counter() - started:.0f} s)"
+            )
         images = clean.train.epochs * len(data.y_train)
         # One evaluation pass as the trainer runs it each epoch (plain; the final one with TTA),
         # to separate training throughput from evaluation.

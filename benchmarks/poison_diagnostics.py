@@ -3,8 +3,9 @@
     python benchmarks/poison_diagnostics.py --data-root ../shared/data/cifar10
 
 Runs every method in ``--methods`` (cheap ones first) against standard training under the
-``mini`` protocol (ResNet-18 at width 8 as victim and source, 12 epochs) on a stratified subset
-(``--train-size``, ``--test-size``), then prints per method:
+``mini`` protocol (on CIFAR-10 the ``airbench:width=16`` victim and source with the fast recipe,
+10 epochs; ``uebench list protocols``) on a stratified subset (``--train-size``,
+``--test-size``), then prints per method:
 
 * the published perturbation's size (``poison.apply(x) − x``, 8-bit rounding included): mean
   and largest L2 norm and largest L∞ (in 1/255) against the method's threat model;

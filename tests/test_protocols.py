@@ -64,9 +64,16 @@ def test_protocol_fills_what_specs_leave_unset_and_specs_win():
         f"emin:source=[{source}]:augment=true:steps=5:stop_error=0.1:max_rounds=10:alpha=2/255"
         ":lr=0.01"
     )
-    # The dataset's own section refines the "*" one: CIFAR subsets keep the ResNet source.
+    # The dataset's own section refines the "*" one: CIFAR-10 swaps the victim and source for
+    # the CPU-sized airbench and its recipe, and keeps the "*" crafting options.
     cifar = resolve_protocol("mini", "cifar10")
-    assert cifar.method_spec("emin").startswith("emin:source=[resnet18:width=8]:augment=true")
+    assert cifar.method_spec("emin").startswith("emin:source=[airbench:width=16]:augment=true")
+    assert "steps=5" in cifar.method_spec("emin")
+    assert cifar.archs == ("airbench:width=16",) and cifar.train["lookahead"] is True
+    assert cifar.defense_spec("advtrain") == "advtrain:steps=2:alpha=4/255"
+    # Any other dataset still gets the "*" ResNet victim.
+    other = resolve_protocol("mini", "svhn")
+    assert other.archs == ("resnet18:width=8",) and other.train == {}
     # An option written in the spec wins, and a positional first option counts as written.
     assert "source=[vgg11]" in mini.method_spec("emin:source=[vgg11]")
     assert mini.method_spec("emin:source=[vgg11]").count("source=") == 1
