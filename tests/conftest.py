@@ -50,6 +50,7 @@ def tiny_cnn():
 @pytest.fixture
 def no_work(monkeypatch: pytest.MonkeyPatch) -> None:
     """Any cell that starts (and so loads data) fails the test: errors must come first."""
+
     def refuse(*args, **kwargs):
         raise AssertionError("a cell started before the bad input was reported")
 

@@ -27,10 +27,6 @@ from uebench.spec import parse_float
 TINY = [*TINY_CLI, "--no-progress"]
 
 
-
-
-
-
 # --------------------------------------------------------------------------- config values
 
 

@@ -39,10 +39,6 @@ from uebench.training import TrainConfig
 TINY = [*TINY_CLI, "--no-progress"]
 
 
-
-
-
-
 def tiny_data() -> ImageData:
     return load_dataset("digits:size=8", train_size=200, test_size=100, seed=0)
 
