@@ -131,6 +131,8 @@ def main() -> None:
         "--test-size 1000 --epochs 8 --batch-size 256 --lr 0.375'",
     )
     args = parser.parse_args()
+    if args.workers < 1:
+        parser.error(f"--workers must be at least 1, got {args.workers}")
 
     def command(methods: str, defenses: str) -> list[str]:
         return [
