@@ -224,7 +224,8 @@ def pin_mismatch(pinned: dict, crafted: dict) -> str | None:
         elif other != value:
             return f"metadata {key}: {other!r} vs pinned {value!r}"
     scale = max(pinned["fingerprint"][1], 1e-12)  # the pinned noise's root mean square
-    moved = max(abs(a - b) for a, b in zip(crafted["fingerprint"], pinned["fingerprint"]))
+    pairs = zip(crafted["fingerprint"], pinned["fingerprint"], strict=True)
+    moved = max(abs(a - b) for a, b in pairs)
     if moved > PIN_TOLERANCE * scale:
         return f"noise moved by {moved / scale:.2e} of its root mean square"
     return None
