@@ -114,7 +114,7 @@ class Recovery(Countermeasure):
         started = time.perf_counter()
         device = context.device
         x_clean, y_clean = self._clean_set(train, context)
-        epochs = self.epochs if self.epochs is not None else context.config.epochs
+        epochs = self.epochs if self.epochs is not None else context.config.whole_epochs
         notes: dict[str, Any] = {
             "recover_eta": self.eta,
             "recover_projection": self.project,

@@ -12,18 +12,22 @@ learns features of the wrong class.  Defaults follow the official code
 * ε = 8/255, ``steps`` = 250 signed steps of ``alpha`` = ε/20 (its τ = 0.05 times ε), from a
   Gaussian start N(0, ε²) clipped to the ε-ball, on batches of 512, the model in eval mode;
 * every step sees a fresh differentiable augmentation of x+δ (``augment=true``): a random
-  sub-pixel translation of up to 1/8 of the side (bilinear, zero fill) and a horizontal flip,
-  kornia's version of its ``RandomTransform``;
+  sub-pixel translation of up to 1/8 of the side (bilinear) and a horizontal flip, kornia's
+  version of its ``RandomTransform``; the official transform samples normalized images with zero
+  padding, so the uncovered border takes the training set's mean colour, here too;
 * ``restarts`` = 8 whole-set trials, keeping the one with the lowest mean target loss.
   The official code scores a trial by the loss of its last pass; this one scores the final
   noise with one more augmented pass (the same quantity one step later).
 
 TAP is the method most sensitive to its source.  ``source_recipe=official`` trains it as the
 official code does (its ``poison_train``): ``source_epochs`` (default 40) epochs of Nesterov SGD
-(momentum 0.9, weight decay 5e-4, batch 128) at lr 0.1, ×0.1 at 15/40, 25/40 and 35/40 of the
-epochs, with crop and flip, on inputs normalized by the training set's channel mean and std;
-the ``paper`` protocol uses it.  ``source_recipe=victim`` (the default, as before) trains the
-source with the grid's training config, as ``emax`` does.  The poison's metadata keeps the
+(momentum 0.9, weight decay 5e-4, batch 128) at lr 0.1, ×0.1 at the official milestones
+``epochs // 2.667, epochs // 1.6, epochs // 1.142`` (epochs 14, 24 and 35 of 40: Python's float
+floor division), with the same mean-filled sub-pixel shift and flip as the crafting, on inputs
+normalized by the training set's channel mean and std; a source with a data-dependent init
+(airbench's whitening) is fitted to the normalized images it is then fed.  The ``paper``
+protocol uses it.  ``source_recipe=victim`` (the default) trains the source with the grid's
+training config, as ``emax`` does.  The poison's metadata keeps the
 source's clean test accuracy (``source_clean_acc``) and the attack's target rate
 (``target_rate``: how often the source predicts the target class on x+δ); a target rate below
 :data:`LOW_TARGET_RATE` is reported in one line on stderr, since the noise then carries little
@@ -53,23 +57,51 @@ from uebench.data import ImageData, to_float
 from uebench.errors import UebenchError
 from uebench.method import CraftContext, Method, check_eps
 from uebench.poison import Poison, Surrogate
-from uebench.training import accuracy, standard_augmentation
+from uebench.registry import ARCHS
+from uebench.training import accuracy, fit_to_training_images
 from uebench.training import autocast as training_precision
 
 #: A target rate (fraction) below this is reported: the official attack reaches most targets.
 LOW_TARGET_RATE = 0.5
-#: The official source schedule: epochs, and the epochs where the lr drops ×0.1.
+#: The official source schedule: epochs, and the divisors of its lr milestones (``linear``).
 OFFICIAL_SOURCE_EPOCHS = 40
-OFFICIAL_MILESTONES = (15, 25, 35)
+OFFICIAL_MILESTONE_DIVISORS = (2.667, 1.6, 1.142)
 
 
-def differentiable_shift_and_flip() -> nn.Module:
-    """Random translation by up to 1/8 of each side (bilinear, zero fill) and horizontal flip,
-    per image, differentiable: the official code's poison augmentation."""
-    return nn.Sequential(
+def official_milestones(epochs: int) -> list[int]:
+    """The epochs where the official source schedule drops the lr ×0.1: ``epochs // d`` for
+    each divisor, as Python computes it (14, 24, 35 at 40 epochs: 40 / 1.6 rounds below 25)."""
+    return [int(epochs // divisor) for divisor in OFFICIAL_MILESTONE_DIVISORS]
+
+
+class MeanFilled(nn.Module):
+    """``augment`` applied around the mean colour: pixels it uncovers take ``mean``, as zero
+    padding does on mean-subtracted (normalized) images."""
+
+    def __init__(self, augment: nn.Module, mean: torch.Tensor) -> None:
+        super().__init__()
+        self.augment = augment
+        self.register_buffer("mean", mean.reshape(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.augment(x - self.mean) + self.mean
+
+
+def differentiable_shift_and_flip(mean: torch.Tensor) -> nn.Module:
+    """Random translation by up to 1/8 of each side (bilinear) and horizontal flip, per image,
+    differentiable, uncovered pixels at the channel ``mean``: the official code's augmentation
+    of the poison (and of its source's training)."""
+    shift = nn.Sequential(
         K.RandomAffine(degrees=0.0, translate=(0.125, 0.125), p=1.0, padding_mode="zeros"),
         K.RandomHorizontalFlip(),
     )
+    return MeanFilled(shift, mean)
+
+
+def channel_stats(data: ImageData) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training set's per-channel mean and std, in [0, 1] units."""
+    channels = to_float(data.x_train).transpose(0, 1).flatten(1)
+    return channels.mean(1), channels.std(1)
 
 
 def target_classes(
@@ -91,6 +123,9 @@ class TargetedAdversarialPoisoning(Method):
     uses_victim_training = True
     crafts_by_gradient = True
     late_options: ClassVar[dict[str, str]] = {"source_recipe": "victim"}
+    # 1: the crafting shift fills with the mean colour, the official source trains with it, its
+    # milestones are the official code's and its whitening sees the normalized images.
+    revision = 1
 
     def __init__(
         self,
@@ -147,7 +182,8 @@ class TargetedAdversarialPoisoning(Method):
         source_acc = accuracy(model, data.x_test, data.y_test, ctx.device)
         mapping = target_classes(data.num_classes, self.targets, generator)
         target = mapping.to(ctx.device)[y]
-        seen = nn.Sequential(differentiable_shift_and_flip(), model) if self.augment else model
+        shift = differentiable_shift_and_flip(channel_stats(data)[0].to(ctx.device))
+        seen = nn.Sequential(shift, model) if self.augment else model
 
         best, best_loss = None, math.inf
         batches = torch.arange(len(x), device=ctx.device).split(self.batch_size)
@@ -229,28 +265,36 @@ class Normalized(nn.Module):
         self.register_buffer("mean", mean.view(1, -1, 1, 1))
         self.register_buffer("std", std.view(1, -1, 1, 1))
 
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model((x - self.mean) / self.std)
+        return self.model(self.normalize(x))
+
+    def fit_to_training_images(self, x: torch.Tensor) -> None:
+        """Fit a data-dependent init of ``model`` to the normalized images it will be fed."""
+        fit = getattr(self.model, "fit_to_training_images", None)
+        if callable(fit):
+            fit(x, preprocess=self.normalize)
 
 
 def official_source(
     spec: str, data: ImageData, ctx: CraftContext, epochs: int, generator: torch.Generator
 ) -> nn.Module:
-    """The source model trained by the official TAP recipe (module docstring), in eval mode.
-
-    The lr drops ×0.1 at 15/40, 25/40 and 35/40 of ``epochs`` (epochs 15, 25, 35 of 40).
-    """
+    """The source model trained by the official TAP recipe (module docstring), in eval mode."""
     x = data.x_train.to(ctx.device)
     y = data.y_train.to(ctx.device)
-    channels = to_float(data.x_train).transpose(0, 1).flatten(1)
-    model = Normalized(ctx.build_model(spec, data), channels.mean(1), channels.std(1))
+    mean, std = channel_stats(data)
+    model = Normalized(ARCHS.build(spec, data.num_classes, data.image_shape), mean, std)
     model.to(ctx.device)
+    fit_to_training_images(model, x)
     optimizer = torch.optim.SGD(
         model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4, nesterov=True
     )
-    milestones = [round(m * epochs / OFFICIAL_SOURCE_EPOCHS) for m in OFFICIAL_MILESTONES]
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=0.1)
-    augment = standard_augmentation(x.shape[-1], None, flip=True)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(
+        optimizer, official_milestones(epochs), gamma=0.1
+    )
+    augment = differentiable_shift_and_flip(mean.to(ctx.device))
     for _ in range(epochs):
         model.train()
         order = torch.randperm(len(x), generator=generator).to(ctx.device)

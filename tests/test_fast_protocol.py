@@ -1,6 +1,7 @@
 """The fast protocol: airbench's network and recipe, each ingredient switchable and recorded."""
 
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -66,10 +67,12 @@ def test_fast_protocol_declares_the_recipe_and_airbench_sources():
     config = GridConfig(dataset="cifar10", protocol="fast", methods=["emin", "tap"]).train_config()
     assert (config.batch_size, config.epochs, config.nesterov, config.schedule) == (
         1024,
-        10,
+        9.9,
         True,
         "triangle",
     )
+    # airbench94's 476 steps on CIFAR-10, its whitening bias trained 3 epochs.
+    assert config.total_steps(50_000) == 476 and config.whiten_bias_epochs == 3
     assert (config.label_smoothing, config.lookahead, config.tta, config.pad_mode) == (
         0.2,
         True,
@@ -147,24 +150,79 @@ def test_label_smoothing_changes_the_loss_to_the_smoothed_one():
             assert not math.isclose(stats.train_loss, plain_loss, rel_tol=1e-3)
 
 
-def test_lookahead_resets_the_weights_to_their_warming_average():
+def test_lookahead_averages_from_the_first_step_and_ends_on_the_average():
+    """airbench94: the average starts from the weights before training, moves every 5 steps
+    with decay 0.95**5 × (t/T)**3, and the network takes it after the last step only."""
     model = nn.Linear(2, 1, bias=False)
     nn.init.zeros_(model.weight)
-    averaged = Lookahead(model, total_steps=100)
-    averaged.step(epoch=3, step=5)  # before epoch 4: nothing yet
-    assert averaged.state is None
-    averaged.step(epoch=4, step=40)  # the first update only starts the average (at 0)
+    averaged = Lookahead(model, total_steps=100)  # the average starts at 0
     with torch.no_grad():
         model.weight.fill_(1.0)
-    averaged.step(epoch=4, step=41)  # not a multiple of 5: untouched
+    averaged.step(4)  # not a multiple of 5: untouched
     assert float(model.weight.detach()[0, 0]) == 1.0
-    averaged.step(epoch=4, step=45)
-    decay = 0.95**5 * 0.45**3
-    assert torch.allclose(model.weight, torch.full((1, 2), 1 - decay))
+    averaged.step(5)
+    first = 0.95**5 * 0.05**3
+    assert torch.allclose(model.weight, torch.full((1, 2), 1 - first))
+    with torch.no_grad():
+        model.weight.fill_(3.0)
+    averaged.step(50)
+    decay = 0.95**5 * 0.5**3
+    expected = decay * (1 - first) + (1 - decay) * 3.0
+    assert torch.allclose(model.weight, torch.full((1, 2), expected))
     with torch.no_grad():
         model.weight.fill_(5.0)
-    averaged.update(1.0)  # an epoch's end: back to the average
-    assert torch.allclose(model.weight, torch.full((1, 2), 1 - decay))
+    averaged.finish()  # after the last step: back to the average, untouched by the 5.0
+    assert torch.allclose(model.weight, torch.full((1, 2), expected))
+
+
+class StepCounter(nn.Module):
+    """Counts training forward passes and the images they saw."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(3 * 4 * 4, 2)
+        self.batches: list[int] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            self.batches.append(len(x))
+        return self.linear(x.flatten(1))
+
+
+def test_fractional_epochs_and_dropped_last_batch_take_airbench94s_steps():
+    """airbench94 on CIFAR-10: 48 full batches of 1024 a pass, 9.9 passes, ceil(475.2) = 476
+    steps; here 10 images in batches of 4: 2 full batches a pass, 2.5 passes, 5 steps."""
+    config = TrainConfig(epochs=2.5, batch_size=4, lr=0.01, crop_padding=0, drop_last=True)
+    assert config.total_steps(10) == 5 and config.whole_epochs == 3
+    assert TrainConfig(epochs=9.9, batch_size=1024, drop_last=True).total_steps(50_000) == 476
+    model = StepCounter()
+    history = train(model, images(10, side=4), torch.arange(10) % 2, config, CPU)
+    assert model.batches == [4, 4, 4, 4, 4] and len(history) == 3
+    kept = StepCounter()
+    train(kept, images(10, side=4), torch.arange(10) % 2, replace(config, drop_last=False), CPU)
+    assert kept.batches == [4, 4, 2, 4, 4, 2, 4, 4]  # ceil(3 × 2.5) = 8 steps, partial kept
+    assert TrainConfig(epochs=10.0).epochs == 10 and "10.0" not in str(TrainConfig(epochs=10.0))
+    with pytest.raises(UebenchError, match="epochs must be >= 0"):
+        TrainConfig(epochs=-1)
+
+
+def test_whitening_bias_trains_its_epochs_then_stays():
+    x, y = images(32), torch.arange(32) % 2
+    biases = []
+
+    def record(_stats) -> None:
+        biases.append(model.whitening_bias.detach().clone())
+
+    torch.manual_seed(0)
+    model = airbench(2, (3, 8, 8), width=4)
+    config = TrainConfig(
+        epochs=4, batch_size=8, lr=0.05, crop_padding=0, flip=False, whiten_bias_epochs=2
+    )
+    train(model, x, y, config, CPU, on_epoch=record)
+    assert not torch.equal(biases[0], biases[1])  # epochs 1 and 2 move it
+    assert torch.equal(biases[1], biases[2]) and torch.equal(biases[2], biases[3])
+    assert TrainConfig(whiten_bias_epochs=3).as_dict()["whiten_bias_epochs"] == 3
+    assert "whiten_bias_epochs" not in TrainConfig().as_dict()  # unset: ids as they were
 
 
 def test_lookahead_changes_training_and_stays_out_of_paper_ids():

@@ -136,7 +136,8 @@ PINNED_CELL_IDS = {
         1,
     ): "fdcd33c3a89c50b9",
     ("cluttered-digits", "rem", "advtrain", "smallcnn:width=16", 0): "a5595185d9d19e0d",
-    ("cluttered-digits", "tap", "ueraser", "smallcnn:width=16", 2): "56af8912955e8d08",
+    # TAP at revision 1 (its mean-filled shift and official source schedule): a new id.
+    ("cluttered-digits", "tap", "ueraser", "smallcnn:width=16", 2): "8492e7f0d2297052",
     ("cluttered-digits", "pue:form=class", "jpeg", "smallcnn:width=16", 0): "692b4665d2bf3fe8",
     (
         "cluttered-digits",
@@ -151,7 +152,7 @@ PINNED_CELL_IDS = {
 PINNED_POISON_KEYS = {
     "emin": "6336dd36feb830e814943a0b",
     "emax": "6b30c488ee7e030b8474cc02",
-    "tap:steps=2": "f371bfd3b57b8c1bc04624c1",
+    "tap:steps=2": "f27be7fef9737e16e12a3b85",  # revision 1
     "random:classes=1": "cfb75520237b0f2a59178b9f",
 }
 

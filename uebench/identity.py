@@ -63,6 +63,9 @@ def method_identity(spec: str, *, crafting: bool = False) -> dict[str, Any]:
     identify = getattr(resolved.factory, "identity_options", None)
     if callable(identify):
         canonical["options"] = identify(canonical["options"])
+    revision = getattr(resolved.factory, "revision", 0)
+    if revision:
+        canonical["revision"] = revision
     for key, kind in nested_specs(resolved.factory).items():
         value = canonical["options"].get(key)
         if isinstance(value, str):

@@ -84,6 +84,11 @@ class Method:
     #: poison key then names the crafting precision (:data:`uebench.crafting.CRAFT_PRECISION`),
     #: so poisons crafted under bf16 autocast before crafting became fp32 are not reused.
     crafts_by_gradient: bool = False
+    #: Raised by one when what :meth:`craft` computes at the same options changes (a fix that
+    #: brings it closer to its paper's code): it then joins the method's identity, so cell ids
+    #: and cached poisons of the earlier computation are never reused.  At 0 (the default) it
+    #: stays out, so identities are what they were.
+    revision: int = 0
 
     def craft(self, data: ImageData, ctx: CraftContext) -> Poison:
         raise NotImplementedError

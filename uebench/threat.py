@@ -3,8 +3,8 @@
 The field uses four kinds of budget, each per image, in [0, 1] pixel units:
 
 * ``linf`` — every pixel changes by at most ε (error-minimizing noise, REM, TAP: 8/255);
-* ``l2`` — the perturbation of the whole C×H×W image has Euclidean norm at most r (AR and LSP:
-  1.0 on 32×32×3);
+* ``l2`` — the perturbation of the whole C×H×W image has Euclidean norm at most r (on
+  32×32×3: AR 1.0, LSP 6/255·√3072 ≈ 1.304);
 * ``l0`` — at most k pixel *positions* change, in any channel and by any amount (OPS: one pixel);
 * ``unbounded`` — any change (CUDA's per-class convolution), stored as the difference it makes.
 

@@ -14,8 +14,9 @@ the first step (``fit_to_training_images``: airbench's whitening layer).
 from __future__ import annotations
 
 import contextlib
+import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, fields
 
 import kornia.augmentation as K
@@ -26,6 +27,7 @@ from torch import nn
 from uebench.countermeasure import Countermeasure, EpochStats
 from uebench.data import to_float
 from uebench.errors import UebenchError
+from uebench.execution import Execution
 
 #: The fields every cell id has always hashed; recipe fields join an id only when set.
 _BASE_FIELDS = (
@@ -43,8 +45,8 @@ SCHEDULES = ("cosine", "triangle")
 PAD_MODES = ("zeros", "reflect")
 #: airbench's triangular schedule: the lr factor at the start, its peak's place, at the end.
 TRIANGLE = (0.2, 0.23, 0.07)
-#: airbench's lookahead: from this epoch on (1-based), every N steps, decay base**N × (t/T)**3.
-LOOKAHEAD_START_EPOCH, LOOKAHEAD_EVERY, LOOKAHEAD_BASE, LOOKAHEAD_POW = 4, 5, 0.95, 3.0
+#: airbench94's lookahead: every N steps, decay base**N × (t/T)**3 (from the first step).
+LOOKAHEAD_EVERY, LOOKAHEAD_BASE, LOOKAHEAD_POW = 5, 0.95, 3.0
 
 
 @dataclass
@@ -53,10 +55,12 @@ class TrainConfig:
 
     The fields after ``eval_batch_size`` are the fast recipe's ingredients; their defaults
     reproduce standard training, and :meth:`as_dict` leaves them out while they hold, so cell
-    ids and poison keys of configurations from before them do not change.
+    ids and poison keys of configurations from before them do not change.  ``epochs`` may be
+    fractional (airbench94 trains 9.9): training stops after ``ceil(steps per epoch × epochs)``
+    steps, so its last epoch is a partial one.
     """
 
-    epochs: int = 60
+    epochs: int | float = 60
     batch_size: int = 128
     lr: float = 0.025
     momentum: float = 0.9
@@ -74,8 +78,16 @@ class TrainConfig:
     alternate_flip: bool = False  # random flips in epoch 1, then every image flips each epoch
     # Test-time augmentation of the final test evaluation: 0 none, 1 mirror, 2 mirror and ±1 px
     tta: int = 0
+    drop_last: bool = False  # skip each epoch's last partial batch (airbench94 does)
+    # A fitted whitening layer's bias trains this many epochs, then freezes (airbench94: 3);
+    # None: it trains throughout (models without one ignore the setting).
+    whiten_bias_epochs: int | None = None
 
     def __post_init__(self) -> None:
+        if isinstance(self.epochs, float) and self.epochs.is_integer():
+            self.epochs = int(self.epochs)  # 10.0 and 10 are one setting (and one cell id)
+        if not self.epochs >= 0:  # 0: no training (a source model used as initialized)
+            raise UebenchError(f"epochs must be >= 0, got {self.epochs!r}")
         if self.schedule not in SCHEDULES:
             raise UebenchError(
                 f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}"
@@ -90,6 +102,10 @@ class TrainConfig:
             raise UebenchError(f"bias_lr_scale must be positive, got {self.bias_lr_scale!r}")
         if self.tta not in (0, 1, 2):
             raise UebenchError(f"tta must be 0, 1 or 2, got {self.tta!r}")
+        if self.whiten_bias_epochs is not None and self.whiten_bias_epochs < 0:
+            raise UebenchError(
+                f"whiten_bias_epochs must be >= 0 or unset, got {self.whiten_bias_epochs!r}"
+            )
 
     def as_dict(self) -> dict:
         """The settings that define a result: the base fields, and recipe fields when set."""
@@ -103,6 +119,22 @@ class TrainConfig:
     def recipe(self) -> dict:
         """Every recipe ingredient with its value, set or not: what a record names."""
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _BASE_FIELDS}
+
+    @property
+    def whole_epochs(self) -> int:
+        """The number of epochs begun (the last one partial when ``epochs`` is fractional)."""
+        return math.ceil(self.epochs)
+
+    def steps_per_epoch(self, images: int) -> int:
+        """Optimizer steps in one pass over ``images`` (at least one: a set smaller than a
+        batch trains on itself even with ``drop_last``)."""
+        if self.drop_last:
+            return max(images // self.batch_size, 1)
+        return -(-images // self.batch_size)
+
+    def total_steps(self, images: int) -> int:
+        """Optimizer steps over the whole run."""
+        return math.ceil(self.steps_per_epoch(images) * self.epochs)
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -191,37 +223,44 @@ def make_optimizer(
         )
     else:
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
-            optimizer, T_max=max(config.epochs, 1)
+            optimizer, T_max=max(config.whole_epochs, 1)
         )
     return optimizer, scheduler
 
 
 class Lookahead:
-    """airbench's lookahead: an exponential average of the weights (float parameters and
-    BatchNorm statistics) that the network is reset to at each update and at each epoch's end.
+    """airbench94's lookahead: an exponential average of the weights (float parameters and
+    BatchNorm statistics) kept from the first step; every :data:`LOOKAHEAD_EVERY` steps the
+    average moves toward the network and the network is reset to it, and after the last step the
+    network takes the average (:meth:`finish`).
 
     The decay warms up as (t/T)³, so early training moves fast and the end averages strongly.
+    Made before the model's data-dependent init, as airbench94 makes its state before fitting
+    the whitening (the first update's decay is about 1e-6, so the order barely matters).
     """
 
     def __init__(self, model: nn.Module, total_steps: int) -> None:
-        self.model, self.total_steps = model, total_steps
-        self.state: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+        self.total_steps = max(total_steps, 1)
+        self.state = [
+            (live, live.detach().clone())
+            for live in model.state_dict().values()
+            if live.is_floating_point()
+        ]
 
-    def step(self, epoch: int, step: int) -> None:
-        """After optimizer step ``step`` (1-based, counted over training) of epoch ``epoch``."""
-        if epoch < LOOKAHEAD_START_EPOCH or step % LOOKAHEAD_EVERY:
-            return
-        tensors = [v for v in self.model.state_dict().values() if v.is_floating_point()]
-        if self.state is None:
-            self.state = [(v, v.detach().clone()) for v in tensors]
-            return
-        decay = LOOKAHEAD_BASE**LOOKAHEAD_EVERY * (step / self.total_steps) ** LOOKAHEAD_POW
-        self.update(decay)
+    def step(self, step: int) -> None:
+        """After optimizer step ``step`` (1-based, counted over training)."""
+        if step % LOOKAHEAD_EVERY == 0:
+            decay = LOOKAHEAD_BASE**LOOKAHEAD_EVERY * (step / self.total_steps) ** LOOKAHEAD_POW
+            self.update(decay)
+
+    def finish(self) -> None:
+        """After the last step: the network becomes the average."""
+        self.update(1.0)
 
     @torch.no_grad()
     def update(self, decay: float) -> None:
         """Average toward the network by ``1 - decay``, then copy the average into it."""
-        for live, average in self.state or ():
+        for live, average in self.state:
             average.lerp_(live.detach(), 1 - decay)
             live.copy_(average)
 
@@ -253,16 +292,29 @@ def predict(
     batch_size: int = 1024,
     amp: bool = True,
     tta: int = 0,
+    execution: Execution | None = None,
 ) -> torch.Tensor:
     """Predicted labels for uint8 images ``x`` (returned on the CPU); ``tta`` as
-    :func:`tta_logits`."""
+    :func:`tta_logits`; ``execution`` as the model was trained (plain by default).
+
+    A compiled model sees every batch at one size (the last one padded, its padding's
+    predictions dropped): in eval mode images do not affect each other, and a second size
+    would cost a second compilation.
+    """
+    execution = execution or Execution()
+    forward = execution.forward(model)
     was_training = model.training
     model.eval()
     out = []
+    size = min(batch_size, len(x))
     for start in range(0, len(x), batch_size):
         batch = to_float(x[start : start + batch_size].to(device, non_blocking=True))
+        count = len(batch)
+        if execution.compile and count < size:
+            batch = torch.cat((batch, batch.new_zeros(size - count, *batch.shape[1:])))
         with autocast(device, amp):
-            out.append(tta_logits(model, batch, tta).argmax(1).cpu())
+            logits = tta_logits(forward, execution.inputs(batch), tta)
+        out.append(logits[:count].argmax(1).cpu())
     model.train(was_training)
     return torch.cat(out) if out else torch.empty(0, dtype=torch.long)
 
@@ -275,11 +327,12 @@ def accuracy(
     batch_size: int = 1024,
     amp: bool = True,
     tta: int = 0,
+    execution: Execution | None = None,
 ) -> float:
     """Top-1 accuracy in percent of ``model`` on uint8 images ``x``."""
     if len(x) == 0:
         return float("nan")
-    predicted = predict(model, x, device, batch_size, amp, tta)
+    predicted = predict(model, x, device, batch_size, amp, tta, execution)
     return 100.0 * float((predicted == y.cpu()).float().mean())
 
 
@@ -289,6 +342,62 @@ def fit_to_training_images(model: nn.Module, x: torch.Tensor) -> None:
     fit = getattr(model, "fit_to_training_images", None)
     if callable(fit):
         fit(x)
+
+
+def freeze_whitening_bias(
+    model: nn.Module, optimizer: torch.optim.Optimizer, config: TrainConfig, epoch: int
+) -> None:
+    """Before epoch ``epoch`` (1-based): once ``config.whiten_bias_epochs`` epochs have passed,
+    take a fitted whitening layer's bias (``model.whitening_bias``) out of the optimizer.
+
+    Its gradient is still computed (a few numbers), but it never moves again: as airbench94's
+    frozen bias, without changing ``requires_grad``, which would recompile a compiled model.
+    """
+    bias = getattr(model, "whitening_bias", None)
+    if config.whiten_bias_epochs is None or bias is None or epoch <= config.whiten_bias_epochs:
+        return
+    for group in optimizer.param_groups:
+        group["params"] = [param for param in group["params"] if param is not bias]
+
+
+class TrainingBatches:
+    """The float training batches of each epoch: a fresh shuffle (its last partial batch
+    dropped under ``drop_last``), airbench's alternating flip, then the crop and flip of
+    :func:`standard_augmentation`, all on the device."""
+
+    def __init__(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        config: TrainConfig,
+        generator: torch.Generator,
+    ) -> None:
+        self.x, self.y, self.config, self.generator = x, y, config, generator
+        self.augment = standard_augmentation(
+            x.shape[-1],
+            config.crop_padding,
+            config.flip and not config.alternate_flip,
+            config.pad_mode,
+        )
+        self.flipped = None
+        if config.flip and config.alternate_flip:
+            # One random flip per image, drawn once; from then on every image flips each epoch,
+            # so each sees both orientations in every two epochs (airbench's alternating flip).
+            self.flipped = (torch.rand(len(x), generator=generator) < 0.5).to(x.device)
+
+    def epoch(
+        self, epoch: int, steps: int
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """``(indices, augmented float images, labels)`` of the epoch's first ``steps`` batches."""
+        order = torch.randperm(len(self.x), generator=self.generator).to(self.x.device)
+        size = self.config.batch_size
+        for start in range(0, size * steps, size):
+            index = order[start : start + size]
+            images = to_float(self.x[index])
+            if self.flipped is not None:
+                mask = self.flipped[index] ^ (epoch % 2 == 0)
+                images = torch.where(mask.view(-1, 1, 1, 1), images.flip(-1), images)
+            yield index, self.augment(images), self.y[index]
 
 
 def train(
@@ -303,94 +412,128 @@ def train(
     countermeasure: Countermeasure | None = None,
     generator: torch.Generator | None = None,
     on_epoch: Callable[[EpochStats], None] | None = None,
+    execution: Execution | None = None,
 ) -> list[EpochStats]:
     """Train ``model`` on uint8 images ``x`` with labels ``y``; clean test accuracy every epoch.
 
     The whole training set is moved to ``device`` once, as uint8; each batch is indexed, turned
     into float, augmented and stepped without a DataLoader (the data is already in memory).
     A model with a data-dependent init is fitted to ``x`` (the images as given, poisoned and
-    filtered) before the first step.
+    filtered) before the first step.  ``execution`` says how the model runs (memory format,
+    compilation: :mod:`uebench.execution`), never what it computes.
     """
     countermeasure = countermeasure or Countermeasure()
     generator = generator or torch.Generator().manual_seed(0)
-    model.to(device)
-    if device.type == "cuda":
-        model.to(memory_format=torch.channels_last)
+    execution = execution or Execution()
+    execution.place(model, device)
+    total_steps = config.total_steps(len(x))
+    lookahead = Lookahead(model, total_steps) if config.lookahead else None
     x_dev, y_dev = x.to(device), y.to(device)
     fit_to_training_images(model, x_dev)
-    augment = standard_augmentation(
-        x.shape[-1], config.crop_padding, config.flip and not config.alternate_flip, config.pad_mode
-    )
-    steps_per_epoch = -(-len(x) // config.batch_size)
-    total_steps = steps_per_epoch * config.epochs
     optimizer, scheduler = make_optimizer(model, config, total_steps)
-    per_step = config.schedule == "triangle"
-    lookahead = Lookahead(model, total_steps) if config.lookahead else None
-    flipped = None
-    if config.flip and config.alternate_flip:
-        # One random flip per image, drawn once; from then on every image flips each epoch, so
-        # each sees both orientations in every two epochs (airbench's alternating flip).
-        flipped = (torch.rand(len(x), generator=generator) < 0.5).to(device)
-    smoothing = {"label_smoothing": config.label_smoothing} if config.label_smoothing else {}
+    batches = TrainingBatches(x_dev, y_dev, config, generator)
+    step = TrainingStep(execution.forward(model), optimizer, config, device, execution)
     history: list[EpochStats] = []
-    step = 0
-    for epoch in range(1, config.epochs + 1):
-        countermeasure.on_epoch_start(epoch, config.epochs)
+    done = 0
+    for epoch in range(1, config.whole_epochs + 1):
+        countermeasure.on_epoch_start(epoch, config.whole_epochs)
+        freeze_whitening_bias(model, optimizer, config, epoch)
         started = time.perf_counter()
         model.train()
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device)
-        order = torch.randperm(len(x), generator=generator).to(device)
-        for start in range(0, len(x), config.batch_size):
-            index = order[start : start + config.batch_size]
-            images = to_float(x_dev[index])
-            if flipped is not None:
-                mask = flipped[index] ^ (epoch % 2 == 0)
-                images = torch.where(mask.view(-1, 1, 1, 1), images.flip(-1), images)
-            images = augment(images)
-            labels = y_dev[index]
+        steps = min(config.steps_per_epoch(len(x)), total_steps - done)
+        for _, images, labels in batches.epoch(epoch, steps):
             images, targets = countermeasure.augment(images, labels)
-            images = countermeasure.perturb(model, images, targets)
-            if device.type == "cuda":
-                images = images.contiguous(memory_format=torch.channels_last)
-            with autocast(device, config.amp):
-                logits = model(images)
-                loss = F.cross_entropy(logits.float(), targets, **smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            step += 1
-            if per_step:
+            images = countermeasure.perturb(step.forward, images, targets)
+            step(images, targets, labels)
+            done += 1
+            if config.schedule == "triangle":
                 scheduler.step()
             if lookahead is not None:
-                lookahead.step(epoch, step)
-            # Accumulate on the device: a .item() per step would stall a GPU pipeline.
-            loss_sum += loss.detach() * len(index)
-            correct += (logits.argmax(1) == labels).sum()
-        if not per_step:
+                lookahead.step(done)
+        if config.schedule != "triangle":
             scheduler.step()
-        if lookahead is not None:
-            lookahead.update(1.0)  # the epoch ends on the averaged weights
-        # Test-time augmentation costs several forward passes per image, so, as airbench does,
-        # only the final evaluation (the reported accuracy) uses it; validation never does, so
-        # a selection over epochs compares like with like.
-        tta = config.tta if epoch == config.epochs else 0
-        stats = EpochStats(
-            epoch=epoch,
-            train_loss=float(loss_sum) / len(x),
-            train_acc=100.0 * float(correct) / len(x),
-            test_acc=accuracy(model, *test, device, config.eval_batch_size, config.amp, tta)
-            if test
-            else float("nan"),
-            val_acc=accuracy(model, *val, device, config.eval_batch_size, config.amp)
-            if val
-            else None,
-            seconds=time.perf_counter() - started,
+        if lookahead is not None and done == total_steps:
+            lookahead.finish()
+        history.append(
+            epoch_stats(model, step, epoch, started, config, device, test, val, execution)
         )
-        history.append(stats)
         if on_epoch:
-            on_epoch(stats)
+            on_epoch(history[-1])
     return history
+
+
+class TrainingStep:
+    """One optimizer step on a batch, with the epoch's loss and accuracy summed on the device
+    (a ``.item()`` per step would stall a GPU pipeline)."""
+
+    def __init__(
+        self,
+        forward: Callable[..., torch.Tensor],
+        optimizer: torch.optim.Optimizer,
+        config: TrainConfig,
+        device: torch.device,
+        execution: Execution,
+    ) -> None:
+        self.forward, self.optimizer, self.config = forward, optimizer, config
+        self.device, self.execution = device, execution
+        self.smoothing = {"label_smoothing": config.label_smoothing}
+        self.reset()
+
+    def reset(self) -> None:
+        """Start a new epoch's sums."""
+        self.loss_sum = torch.zeros((), device=self.device)
+        self.correct = torch.zeros((), device=self.device)
+        self.images = 0
+
+    def __call__(self, images: torch.Tensor, targets: torch.Tensor, labels: torch.Tensor) -> None:
+        """Step on ``images`` toward ``targets`` (labels or soft labels); ``labels`` score the
+        training accuracy."""
+        with autocast(self.device, self.config.amp):
+            logits = self.forward(self.execution.inputs(images))
+            loss = F.cross_entropy(logits.float(), targets, **self.smoothing)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.loss_sum += loss.detach() * len(labels)
+        self.correct += (logits.argmax(1) == labels).sum()
+        self.images += len(labels)
+
+
+def epoch_stats(
+    model: nn.Module,
+    step: TrainingStep,
+    epoch: int,
+    started: float,
+    config: TrainConfig,
+    device: torch.device,
+    test: tuple[torch.Tensor, torch.Tensor] | None,
+    val: tuple[torch.Tensor, torch.Tensor] | None,
+    execution: Execution,
+) -> EpochStats:
+    """The epoch's training sums (then reset) and its clean test and validation accuracy.
+
+    Test-time augmentation costs several forward passes per image, so, as airbench does, only
+    the final evaluation (the reported accuracy) uses it; validation never does, so a selection
+    over epochs compares like with like.
+    """
+    tta = config.tta if epoch == config.whole_epochs else 0
+    trained = max(step.images, 1)
+    stats = EpochStats(
+        epoch=epoch,
+        train_loss=float(step.loss_sum) / trained,
+        train_acc=100.0 * float(step.correct) / trained,
+        test_acc=accuracy(
+            model, *test, device, config.eval_batch_size, config.amp, tta, execution
+        )
+        if test
+        else float("nan"),
+        val_acc=accuracy(model, *val, device, config.eval_batch_size, config.amp, 0, execution)
+        if val
+        else None,
+        seconds=time.perf_counter() - started,
+    )
+    step.reset()
+    return stats
 
 
 def confusion_matrix(

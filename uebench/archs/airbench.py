@@ -14,6 +14,8 @@ and crafting contexts call with the crafter's clean images.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -75,14 +77,26 @@ class AirbenchNet(nn.Module):
         self.head = nn.Linear(cin, num_classes, bias=False)
         self.fitted_on = 0  # how many images the whitening was last fitted on
 
+    @property
+    def whitening_bias(self) -> nn.Parameter:
+        """The whitening layer's bias: it trains, and the fast recipe freezes it after its
+        first epochs (``TrainConfig.whiten_bias_epochs``)."""
+        return self.whiten.bias
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.groups(F.gelu(self.whiten(x)))
         return self.head(torch.amax(out, dim=(2, 3))) / 9
 
     @torch.no_grad()
-    def fit_to_training_images(self, x: torch.Tensor) -> None:
+    def fit_to_training_images(
+        self,
+        x: torch.Tensor,
+        preprocess: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> None:
         """Fit the whitening filters to 2×2 patches of the first 5000 of ``x`` (uint8
-        N×C×H×W): unit variance along each principal direction of the centred patches."""
+        N×C×H×W) as the network will see them (in [0, 1], then through ``preprocess`` when a
+        wrapper feeds it transformed images): unit variance along each principal direction of
+        the centred patches."""
         images = x[:WHITENING_IMAGES]
         if len(images) == 0:
             raise UebenchError("airbench's whitening needs at least one training image")
@@ -91,7 +105,10 @@ class AirbenchNet(nn.Module):
         outer = torch.zeros(dim, dim, dtype=torch.float64, device=x.device)
         count = 0
         for chunk in images.split(1000):  # bounded memory: patches of 1000 images at a time
-            patches = F.unfold(chunk.float().div(255), kernel_size=2)  # N × dim × L
+            seen = chunk.float().div(255)
+            if preprocess is not None:
+                seen = preprocess(seen)
+            patches = F.unfold(seen, kernel_size=2)  # N × dim × L
             flat = patches.transpose(1, 2).reshape(-1, dim).double()
             total += flat.sum(0)
             outer += flat.T @ flat

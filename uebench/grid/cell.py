@@ -22,6 +22,7 @@ from uebench.data import ImageData
 from uebench.datasets import load_dataset
 from uebench.diagnostics import backdoor_success_rate, per_class_accuracy, poison_separability
 from uebench.errors import UebenchError, plugin_errors
+from uebench.execution import execution_for
 from uebench.files import atomic_write
 from uebench.grid.protocols import resolve_protocol
 from uebench.identity import (
@@ -68,6 +69,8 @@ class Cell:
     protocol: str | None = None
     method_label: str | None = None  # the method as the user wrote it (tables show this)
     defense_label: str | None = None
+    # How the cell runs (torch.compile; None: the device's default), not what it computes.
+    compile: bool | None = None
 
     def name(self) -> str:
         """``method/countermeasure/arch/seed`` as the user wrote them."""
@@ -256,6 +259,7 @@ def train_victim(
 
     generator = torch.Generator().manual_seed(cell.seed)
     torch.manual_seed(cell.seed)
+    execution = execution_for(device, cell.compile)
     training = f"cell {cell.name()} (countermeasure {cell.defense!r}, arch {cell.arch!r})"
     with plugin_errors(training, "training"):
         countermeasure = build_countermeasure(cell.defense)
@@ -272,7 +276,7 @@ def train_victim(
         check_unchanged()
         model = ARCHS.build(cell.arch, data.num_classes, data.image_shape)
         bar = tqdm(
-            total=cell.train.epochs,
+            total=cell.train.whole_epochs,
             desc=cell.name(),
             leave=False,
             disable=not progress,
@@ -295,6 +299,7 @@ def train_victim(
             countermeasure=countermeasure,
             generator=generator,
             on_epoch=on_epoch,
+            execution=execution,
         )
         bar.close()
 
@@ -311,8 +316,9 @@ def train_victim(
             )
             trainset.notes.update(countermeasure.after_training(model, trainset, context))
 
+        config = cell.train
         predicted = predict(
-            model, data.x_test, device, cell.train.eval_batch_size, cell.train.amp, cell.train.tta
+            model, data.x_test, device, config.eval_batch_size, config.amp, config.tta, execution
         )
         confusion = confusion_matrix(predicted, data.y_test, data.num_classes)
         per_class = per_class_accuracy(confusion)

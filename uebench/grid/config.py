@@ -87,6 +87,9 @@ class GridConfig:
     # A grid of more cells is refused before any work (a typo such as seeds 0-100000000
     # would otherwise plan for hours); raise it to run a larger grid on purpose.
     max_cells: int = field(default=DEFAULT_MAX_CELLS, metadata={"min": 1})
+    # torch.compile the training, evaluation and crafting steps; None: the device's measured
+    # default (uebench.execution).  How cells run, not what they compute: not in cell ids.
+    compile: bool | None = None
 
     def __post_init__(self) -> None:
         # Every value is checked against its field's annotation (and the bounds in its
@@ -212,6 +215,7 @@ class GridConfig:
                             protocol=protocol.name,
                             method_label=method_label,
                             defense_label=defense_label,
+                            compile=self.compile,
                         )
                         first = cells.setdefault(cell.cell_id, cell)
                         if first is not cell and report is not None:
@@ -235,12 +239,20 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
         "--save-models", action="store_true", default=None, help="keep each trained victim model"
     )
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="torch.compile the steps (default: where it measured faster on the device; also "
+        "UEBENCH_COMPILE=0/1); how cells run, not what they compute",
+    )
 
 
 def run_values(args: argparse.Namespace) -> dict[str, Any]:
     """The GridConfig values of parsed ``uebench run`` flags: the ``--config`` file's, with the
     flags given on top (:func:`merge_config`)."""
-    flags = {key: value for key, value in vars(args).items() if key in {*RUN_FLAGS, "save_models"}}
+    wanted = {*RUN_FLAGS, "save_models", "compile"}
+    flags = {key: value for key, value in vars(args).items() if key in wanted}
     values = merge_config(getattr(args, "config", None), flags)
     if getattr(args, "no_progress", False):
         values["progress"] = False

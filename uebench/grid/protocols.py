@@ -36,7 +36,7 @@ class Protocol:
     dataset: str
     description: str
     archs: tuple[str, ...]
-    epochs: int
+    epochs: int | float  # fractional: the last pass is partial (airbench94's 9.9)
     batch_size: int
     lr: float
     train_size: int | None = None
@@ -158,7 +158,7 @@ def resolve_protocol(name: str | None, dataset: str) -> Protocol:
         dataset=dataset_name,
         description=" ".join(str(declared[name].get("description", "")).split()),
         archs=tuple(merged.get("archs", ("resnet18",))),
-        epochs=int(merged.get("epochs", 30)),
+        epochs=_whole_if_integral(merged.get("epochs", 30)),
         batch_size=int(merged.get("batch_size", 128)),
         lr=float(merged.get("lr", 0.025)),
         train_size=merged.get("train_size"),
@@ -212,3 +212,9 @@ def spec_value(value: Any) -> str:
         value = ",".join(map(str, value))
     text = str(value)
     return f"[{text}]" if any(char in text for char in ":,=[]") else text
+
+
+def _whole_if_integral(value: Any) -> int | float:
+    """Epochs as the data file gives them: 10 stays an int (cell ids hash it so), 9.9 a float."""
+    number = float(value)
+    return int(number) if number.is_integer() else number

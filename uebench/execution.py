@@ -1,0 +1,96 @@
+"""How a model runs on its device: memory format and compilation, never what it computes.
+
+Both are execution details, like the number of threads: a cell's id ignores them, and
+``tests/test_execution.py`` trains the same cell both ways and compares its accuracy and
+per-epoch curve within float noise.  Each device type gets the choice its benchmark measured
+faster (``benchmarks/execution_choices.py``, figures in ``docs/performance.md``):
+
+* channels-last memory (NHWC): oneDNN's CPU convolutions and cuDNN's tensor-core kernels both
+  prefer it;
+* ``torch.compile`` of the model's forward and backward: on where it paid on the device with its
+  compile time counted, off where it did not or where it has not been measured.
+
+``UEBENCH_COMPILE=0`` or ``1`` (or ``uebench run --compile/--no-compile``) overrides the
+default; compiled graphs are cached by PyTorch per process and on disk, so a grid compiles
+each shape once.
+"""
+
+from __future__ import annotations
+
+import os
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from uebench.errors import UebenchError
+
+#: Whether ``torch.compile`` is on by default, per device type (measured: see module docstring).
+COMPILE_BY_DEFAULT = {"cpu": False, "cuda": False}
+#: Whether models run channels-last, per device type.
+CHANNELS_LAST_BY_DEFAULT = {"cpu": True, "cuda": True}
+#: The environment variable that overrides :data:`COMPILE_BY_DEFAULT`.
+COMPILE_ENV = "UEBENCH_COMPILE"
+
+_compiled: weakref.WeakKeyDictionary[nn.Module, Callable[..., torch.Tensor]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+@dataclass(frozen=True)
+class Execution:
+    """How models run on one device (see the module docstring)."""
+
+    channels_last: bool = False
+    compile: bool = False
+
+    def place(self, model: nn.Module, device: torch.device) -> nn.Module:
+        """Move ``model`` to ``device`` in this memory format (in place; returns it)."""
+        model.to(device)
+        if self.channels_last:
+            model.to(memory_format=torch.channels_last)
+        return model
+
+    def inputs(self, images: torch.Tensor) -> torch.Tensor:
+        """A float image batch in the memory format the model runs in."""
+        if self.channels_last and images.dim() == 4:
+            return images.contiguous(memory_format=torch.channels_last)
+        return images
+
+    def forward(self, model: nn.Module) -> Callable[..., torch.Tensor]:
+        """What to call instead of ``model``: its compiled form (made once per model), or the
+        model itself.  Parameters, buffers, train/eval mode and hooks stay the model's."""
+        if not self.compile:
+            return model
+        compiled = _compiled.get(model)
+        if compiled is None:
+            # Static shapes: a grid's batches come in at most two sizes, and a graph per size
+            # runs faster than one dynamic graph.
+            compiled = torch.compile(model, dynamic=False)
+            _compiled[model] = compiled
+        return compiled
+
+
+def compile_setting(value: bool | None = None) -> bool | None:
+    """An explicit choice (``value``), else :data:`COMPILE_ENV`'s, else None (the device's)."""
+    if value is not None:
+        return value
+    text = os.environ.get(COMPILE_ENV, "").strip().lower()
+    if not text:
+        return None
+    if text in {"1", "true", "yes", "on"}:
+        return True
+    if text in {"0", "false", "no", "off"}:
+        return False
+    raise UebenchError(f"{COMPILE_ENV} must be 0 or 1, got {text!r}")
+
+
+def execution_for(device: torch.device, compile: bool | None = None) -> Execution:
+    """The execution of models on ``device``: the measured defaults of its type, with
+    ``compile`` (or :data:`COMPILE_ENV`) overriding the compile choice."""
+    chosen = compile_setting(compile)
+    if chosen is None:
+        chosen = COMPILE_BY_DEFAULT.get(device.type, False)
+    return Execution(CHANNELS_LAST_BY_DEFAULT.get(device.type, False), chosen)
