@@ -5,11 +5,6 @@ for every combination of source (with and without a fitted whitening) and recipe
 import pytest
 import torch
 import torch.nn.functional as F
-
-from uebench.crafting import start_crafting, trained_source
-from uebench.data import to_float
-from uebench.datasets import load_dataset
-from uebench.method import CraftContext
 from uebench.methods.targeted_adversarial import (
     Normalized,
     channel_stats,
@@ -17,6 +12,11 @@ from uebench.methods.targeted_adversarial import (
     official_milestones,
     official_source,
 )
+
+from uebench.crafting import start_crafting, trained_source
+from uebench.data import to_float
+from uebench.datasets import load_dataset
+from uebench.method import CraftContext
 from uebench.training import TrainConfig
 
 CPU = torch.device("cpu")

@@ -522,9 +522,7 @@ def epoch_stats(
         epoch=epoch,
         train_loss=float(step.loss_sum) / trained,
         train_acc=100.0 * float(step.correct) / trained,
-        test_acc=accuracy(
-            model, *test, device, config.eval_batch_size, config.amp, tta, execution
-        )
+        test_acc=accuracy(model, *test, device, config.eval_batch_size, config.amp, tta, execution)
         if test
         else float("nan"),
         val_acc=accuracy(model, *val, device, config.eval_batch_size, config.amp, 0, execution)
