@@ -23,12 +23,13 @@ import time
 import torch
 import torch.nn.functional as F
 
-from uebench.data import to_float
+from uebench.data import ImageData, to_float
 from uebench.grid.cell import craft_poison, load_cell_data, run_cell
 from uebench.grid.config import GridConfig
 from uebench.grid.protocols import resolve_protocol
 from uebench.registry import ARCHS
 from uebench.training import (
+    TrainConfig,
     accuracy,
     autocast,
     fit_to_training_images,
@@ -38,19 +39,27 @@ from uebench.training import (
 
 
 def sync(device: torch.device) -> None:
+    """Wait for the device's queued work, so a clock read after it counts that work."""
     if device.type == "cuda":
         torch.cuda.synchronize()
 
 
-def bare_throughput(cell, data, device: torch.device, steps: int, compiled: bool = False) -> float:
-    """Images/s of forward+backward+step alone on one pre-made float batch (the model's limit);
-    ``compiled`` runs the model through ``torch.compile`` (compilation not timed)."""
-    model = ARCHS.build(cell.arch, data.num_classes, data.image_shape).to(device)
+def bare_throughput(
+    arch: str,
+    config: TrainConfig,
+    data: ImageData,
+    device: torch.device,
+    steps: int,
+    compiled: bool = False,
+) -> float:
+    """Images/s of forward+backward+step alone on one pre-made float batch of
+    ``config.batch_size`` (the model's limit); ``compiled`` runs the model through
+    ``torch.compile`` (compilation not timed)."""
+    model = ARCHS.build(arch, data.num_classes, data.image_shape).to(device)
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
     fit_to_training_images(model, data.x_train.to(device))
     forward = torch.compile(model) if compiled else model
-    config = cell.train
     optimizer, _ = make_optimizer(model, config, total_steps=steps + 1)
     images = to_float(data.x_train[: config.batch_size].to(device))
     labels = data.y_train[: config.batch_size].to(device)
@@ -132,11 +141,13 @@ def main() -> None:
             f"lr={clean.train.lr:g}"
         )
         print(f"loading: {load_seconds:.1f} s")
-        bare = bare_throughput(clean, data, device, args.bare_steps)
+        bare = bare_throughput(clean.arch, clean.train, data, device, args.bare_steps)
         print(f"bare forward+backward+step: {bare:.0f} img/s")
         if args.compile:
             started = time.perf_counter()
-            compiled = bare_throughput(clean, data, device, args.bare_steps, compiled=True)
+            compiled = bare_throughput(
+                clean.arch, clean.train, data, device, args.bare_steps, compiled=True
+            )
             print(
                 f"bare step through torch.compile: {compiled:.0f} img/s = {compiled / bare:.2f} × "
                 f"eager (compiling and timing took {time.perf_counter() - started:.0f} s)"

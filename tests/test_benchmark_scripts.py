@@ -1,0 +1,94 @@
+"""Benchmark scripts run end to end on a few images (their figures are not checked: timing on a
+test machine means nothing), and refuse bad input in one line before any work."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def write_tiny_cifar10(root: Path, train: int = 64, test: int = 20) -> Path:
+    """A CIFAR-10-shaped ``cifar10.npz`` of random 32×32 images, every class in both splits."""
+    rng = np.random.default_rng(0)
+    root.mkdir(parents=True, exist_ok=True)
+    np.savez(
+        root / "cifar10.npz",
+        x_train=rng.integers(0, 256, (train, 32, 32, 3), dtype=np.uint8),
+        y_train=np.arange(train) % 10,
+        x_test=rng.integers(0, 256, (test, 32, 32, 3), dtype=np.uint8),
+        y_test=np.arange(test) % 10,
+    )
+    return root
+
+
+def load_peer_loop(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    """benchmarks/peer_loop.py as a module (it imports its sibling fast_cell, as a script)."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    spec = importlib.util.spec_from_file_location("peer_loop", BENCHMARKS / "peer_loop.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_peer_loop_trains_both_sides_on_the_same_steps(tmp_path):
+    root = write_tiny_cifar10(tmp_path / "cifar10")
+    flags = shlex.split(
+        "--arch smallcnn:width=4 --train-size 64 --test-size 20 --batch-size 24 --threads 1 "
+        "--device cpu --probe-batches 1 --bare-steps 1"
+    )
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "peer_loop.py"), "--data-root", str(root), *flags],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    # 64 images at batch 24: two full batches and a kept last one of 16, on both sides.
+    assert "each side: 3 optimizer steps, 64 images (the last batch, of 16, kept" in out
+    probed = re.findall(r"probe: (\d) worker\(s\) \d+ img/s", out)
+    assert probed == ["0", "1", "2"]
+    chosen = re.search(r"DataLoader, (\d) worker\(s\)\): \d+ img/s", out)
+    assert chosen and chosen.group(1) in probed
+    assert re.search(r"uebench trainer: \d+ img/s", out)
+    assert re.search(r"uebench / peer: \d+\.\d\d×", out)
+    assert re.search(r"uebench trainer / bare eager step: \d+\.\d\d", out)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--workers", "-1"], "--workers must be at least 0, got -1"),
+        (["--batch-size", "0"], "--batch-size must be at least 1, got 0"),
+        (["--arch", "nonesuch"], "nonesuch"),
+        (["--device", "gpu7"], "unknown device 'gpu7'"),
+    ],
+)
+def test_peer_loop_refuses_bad_flags_in_one_line(monkeypatch, capsys, flags, message):
+    peer_loop = load_peer_loop(monkeypatch)
+    monkeypatch.setattr(peer_loop, "load", lambda *a, **k: pytest.fail("data loaded"))
+    with pytest.raises(SystemExit) as exit_:
+        peer_loop.main(flags)
+    assert exit_.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("peer_loop.py: error: ")
+    assert message in last
+
+
+def test_peer_loop_names_a_missing_data_root_in_one_line(monkeypatch, tmp_path):
+    peer_loop = load_peer_loop(monkeypatch)
+    with pytest.raises(SystemExit) as exit_:
+        peer_loop.main(["--data-root", str(tmp_path / "absent"), "--device", "cpu"])
+    text = str(exit_.value.code)
+    assert text.startswith("peer_loop.py: error: ") and "\n" not in text
+    assert "absent" in text
