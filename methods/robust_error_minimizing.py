@@ -42,6 +42,8 @@ from uebench.method import CraftContext, Method, check_eps
 from uebench.poison import Poison, Surrogate
 from uebench.training import standard_augmentation
 
+#: Source steps between progress-bar loss readings.
+PROGRESS_EVERY = 25
 #: A batch's inputs and labels to the adversarially perturbed copies of them.
 Adversary = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -151,7 +153,7 @@ class RobustErrorMinimizing(Method):
         )
         adversary = self.adversary(model)
         delta = torch.zeros_like(x)
-        loss: float | None = None
+        loss: torch.Tensor | None = None
         bar = ctx.bar(self.train_steps, "rem")
         for step in range(self.train_steps):
             for group in source.optimizer.param_groups:
@@ -166,7 +168,8 @@ class RobustErrorMinimizing(Method):
                 images = adversary(images, y[index])
             loss = source.step(images, y[index])
             bar.update()
-            bar.set_postfix(loss=f"{loss:.4f}")
+            if step % PROGRESS_EVERY == 0:  # reading the loss waits for the device
+                bar.set_postfix(loss=f"{float(loss):.4f}")
         bar.close()
         batches = torch.arange(len(x), device=device).split(self.batch_size)
         for index in ctx.track(batches, "rem:noise"):
@@ -178,7 +181,7 @@ class RobustErrorMinimizing(Method):
             "form": "sample",
             "rho": self.rho,
             "train_steps": self.train_steps,
-            "final_train_loss": loss,
+            "final_train_loss": None if loss is None else float(loss),
             "craft_seconds": opening.seconds(),
         }
         surrogate = Surrogate.of(model, self.source, data.num_classes, data.image_shape)

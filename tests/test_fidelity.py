@@ -5,14 +5,15 @@ import pytest
 import torch
 
 import uebench.crafting as crafting
+import uebench.precision as precision
 from uebench.errors import UebenchError
 from uebench.identity import poison_key
 
 
 def test_crafting_runs_in_fp32_and_bf16_only_when_asked(monkeypatch):
     calls = []
-    real = crafting.autocast
-    monkeypatch.setattr(crafting, "autocast", lambda device: calls.append(device) or real(device))
+    real = precision.autocast
+    monkeypatch.setattr(precision, "autocast", lambda device: calls.append(device) or real(device))
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
     x, y = torch.rand(4, 3, 2, 2), torch.tensor([0, 1, 2, 0])
@@ -22,7 +23,7 @@ def test_crafting_runs_in_fp32_and_bf16_only_when_asked(monkeypatch):
     )
     steps.step(x, y)
     assert calls == []  # fp32: the crafting steps never enter autocast
-    monkeypatch.setattr(crafting, "CRAFT_PRECISION", "bf16")
+    monkeypatch.setattr(precision, "CRAFT_PRECISION", "bf16")
     crafting.minimize_error(model, x, y, torch.zeros_like(x), eps=0.1, alpha=0.01, steps=1)
     assert calls  # bf16, when asked, goes through the training autocast (bf16 on CUDA)
     with pytest.raises(UebenchError, match="fp32 or bf16"):
@@ -44,7 +45,7 @@ def test_gradient_methods_craft_without_the_training_autocast():
 
 def test_only_gradient_crafted_poisons_change_key_with_precision(monkeypatch):
     before = {m: poison_key(m, "fp", {"epochs": 1}) for m in ("emin", "tap", "random", "ar")}
-    monkeypatch.setattr(crafting, "CRAFT_PRECISION", "bf16")
+    monkeypatch.setattr(precision, "CRAFT_PRECISION", "bf16")
     after = {m: poison_key(m, "fp", {"epochs": 1}) for m in before}
     assert before["emin"] != after["emin"] and before["tap"] != after["tap"]
     assert before["random"] == after["random"] and before["ar"] == after["ar"]

@@ -1,5 +1,5 @@
-"""Crafted poisons on disk, keyed by a hash of everything that determines them (the keys are
-:func:`uebench.identity.poison_key`)."""
+"""Crafted poisons and trained source models on disk, each keyed by a hash of everything that
+determines it (:func:`uebench.identity.poison_key`, :func:`uebench.identity.source_key`)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,15 @@ import contextlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import torch
+from torch import nn
+
 from uebench.errors import UebenchError
-from uebench.files import remove_stale_temporaries
+from uebench.files import atomic_write, remove_stale_temporaries
 from uebench.poison import Poison
+
+#: Trains a source model, leaving the generator and torch's RNG as its training left them.
+Trainer = Callable[[], nn.Module]
 
 
 class PoisonCache:
@@ -24,6 +30,10 @@ class PoisonCache:
 
     def path(self, key: str) -> Path:
         return self.root / f"{key}.pt"
+
+    def sources(self) -> SourceCache | None:
+        """Where the source models crafting trains are shared: ``sources/`` beside the poisons."""
+        return SourceCache(self.root / "sources")
 
     def load(self, key: str) -> Poison:
         """The verified poison stored under ``key``.
@@ -63,6 +73,67 @@ class PoisonCache:
             poison.meta = {**poison.meta, "cache_key": key}
             poison.save(path)
         return poison
+
+
+class SourceCache:
+    """Source models trained for crafting, shared by every method that asks for the same one:
+    ``root/<key>.pt`` holds the trained weights and the random state training left behind.
+
+    ``emax`` and ``tap`` (under its victim recipe) both train the protocol's source on the clean
+    training set with the victim's recipe and seed: the second finds the first's model.  A hit
+    restores the seeded generator's and torch's random state as well, so what the method draws
+    afterwards (its noise starts, its augmentations) and the poison it crafts are what training
+    the source itself would have given.
+    """
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.hits = 0
+        self.misses = 0
+        remove_stale_temporaries(self.root)
+
+    def path(self, key: str) -> Path:
+        return self.root / f"{key}.pt"
+
+    def get_or_train(
+        self, key: str, train: Trainer, skeleton: Trainer, generator: torch.Generator
+    ) -> nn.Module:
+        """The source model of ``key``: ``train()``'s result, saved, or (on a hit) ``skeleton()``
+        (the untrained model, built the same way) with the saved weights, and ``generator`` and
+        torch's RNG set to the states training left."""
+        path = self.path(key)
+        with _crafting_lock(self.root / f".{key}.lock"):
+            if path.exists():
+                self.hits += 1
+                return self._load(path, key, skeleton, generator)
+            self.misses += 1
+            model = train()
+            payload = {
+                "key": key,
+                "state": {name: value.detach().cpu() for name, value in model.state_dict().items()},
+                "generator": generator.get_state(),
+                "torch_rng": torch.get_rng_state(),
+            }
+            atomic_write(path, lambda handle: torch.save(payload, handle))
+        return model
+
+    def _load(
+        self, path: Path, key: str, skeleton: Trainer, generator: torch.Generator
+    ) -> nn.Module:
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:  # a truncated or foreign file: any torch.load error
+            raise UebenchError(
+                f"source model file {path} is unreadable ({type(error).__name__}); delete it to "
+                "retrain"
+            ) from None
+        if not isinstance(payload, dict) or payload.get("key") != key:
+            raise UebenchError(f"source model file {path} is not the model of key {key}; delete it")
+        model = skeleton()
+        model.load_state_dict(payload["state"])
+        generator.set_state(payload["generator"])
+        torch.set_rng_state(payload["torch_rng"])
+        return model.eval()
 
 
 @contextlib.contextmanager

@@ -20,29 +20,12 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from uebench.data import ImageData, stratified_indices, to_float
-from uebench.errors import UebenchError
-from uebench.training import autocast, standard_augmentation, train
+from uebench.identity import source_key
+from uebench.precision import craft_autocast
+from uebench.training import standard_augmentation, train
 
 if TYPE_CHECKING:
     from uebench.method import CraftContext
-
-
-#: Precision of crafting's gradient steps (noise updates and the bi-level loop's source steps).
-#: Every official code crafts in fp32; bf16's step near 1 (1/256) is larger than TAP's
-#: (0.4/255) and REM's inner steps (0.8/255), so bf16 would quantize the very updates crafting
-#: takes.  Victim training keeps its own setting (``TrainConfig.amp``).
-CRAFT_PRECISION = "fp32"
-
-
-def craft_autocast(
-    device: torch.device, precision: str | None = None
-) -> contextlib.AbstractContextManager:
-    """The autocast context of a crafting step: none for ``fp32`` (the default,
-    :data:`CRAFT_PRECISION`), bf16 autocast on CUDA for ``bf16``."""
-    chosen = CRAFT_PRECISION if precision is None else precision
-    if chosen not in ("fp32", "bf16"):
-        raise UebenchError(f"crafting precision must be fp32 or bf16, got {chosen!r}")
-    return autocast(device) if chosen == "bf16" else contextlib.nullcontext()
 
 
 @dataclass
@@ -151,15 +134,16 @@ class SourceModelSteps:
             batch = next(self._order)
         return batch
 
-    def step(self, x: torch.Tensor, y: torch.Tensor) -> float:
-        """One SGD step on a float batch in [0, 1]; returns the loss."""
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """One SGD step on a float batch in [0, 1]; returns the loss, on the device (reading it
+        each step would stall a GPU pipeline)."""
         self.model.train()
         with craft_autocast(self.device):
             loss = F.cross_entropy(self.model(x).float(), y)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        return float(loss.detach())
+        return loss.detach()
 
 
 class SmoothedSourceSteps(SourceModelSteps):
@@ -183,8 +167,8 @@ class SmoothedSourceSteps(SourceModelSteps):
         self.weight_noise = weight_noise
         self.smoothing = False
 
-    def step(self, x: torch.Tensor, y: torch.Tensor) -> float:
-        """One SGD step on a float batch; returns the mean loss over the draws."""
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """One SGD step on a float batch; returns the mean loss over the draws (on the device)."""
         if not self.smoothing:
             return super().step(x, y)
         self.model.train()
@@ -197,7 +181,7 @@ class SmoothedSourceSteps(SourceModelSteps):
                 (loss * (weight / self.weight_noise.total)).backward()
             total += loss.detach() * weight
         self.optimizer.step()
-        return float(total) / self.weight_noise.total
+        return total / self.weight_noise.total
 
 
 def minimize_error(
@@ -248,12 +232,12 @@ def accuracy_under_noise(
 ) -> float:
     """Fraction of ``x + noise_of(index)`` the model classifies correctly (eval mode)."""
     model.eval()
-    correct = 0
+    correct = torch.zeros((), device=x.device, dtype=torch.long)
     for index in torch.arange(len(x), device=x.device).split(batch_size):
         with craft_autocast(x.device):
             logits = model((x[index] + noise_of(index)).clamp(0, 1))
-        correct += int((logits.argmax(1) == y[index]).sum())
-    return correct / max(len(x), 1)
+        correct += (logits.argmax(1) == y[index]).sum()
+    return int(correct) / max(len(x), 1)
 
 
 def alternate(
@@ -308,8 +292,40 @@ def trained_source(
         replace(ctx.train_config, epochs=epochs),
         ctx.device,
         generator=generator,
+        execution=ctx.execution,
     )
     return model.eval()
+
+
+def shared_source(
+    spec: str,
+    data: ImageData,
+    ctx: CraftContext,
+    epochs: int | float,
+    generator: torch.Generator,
+    seed: int,
+    recipe: Callable[..., nn.Module] = trained_source,
+) -> nn.Module:
+    """``recipe(spec, data, ctx, epochs, generator)``, trained once per architecture, data,
+    recipe, training settings and seed and shared through the context's source cache
+    (:class:`uebench.cache.SourceCache`); trained in place when there is no cache."""
+    sources = ctx.sources()
+    if sources is None:
+        return recipe(spec, data, ctx, epochs, generator)
+    key = source_key(
+        spec,
+        data.fingerprint(),
+        f"{recipe.__module__}.{recipe.__qualname__}",
+        replace(ctx.train_config, epochs=epochs).as_dict(),
+        seed,
+    )
+    return sources.get_or_train(
+        key,
+        lambda: recipe(spec, data, ctx, epochs, generator),
+        # Built as the recipe builds it, untrained; the random state it uses is restored after.
+        lambda: recipe(spec, data, ctx, 0, torch.Generator().manual_seed(seed)),
+        generator,
+    )
 
 
 def crafting_set(
@@ -375,7 +391,8 @@ def start_crafting(
     """The opening every crafting method shares: seed torch and a generator with ``seed``,
     build the ``source`` model (trained on the clean training set for ``source_epochs`` epochs
     as the victim would be, when given: :func:`trained_source`, or ``train_source`` with the
-    same arguments for another recipe) and take the stratified ``subset`` of the training set
+    same arguments for another recipe; trained once and shared by :func:`shared_source`) and
+    take the stratified ``subset`` of the training set
     to craft on (:func:`crafting_set`).
 
     The order is the one the methods always used (model, then crafting set, which draws from
@@ -387,7 +404,8 @@ def start_crafting(
     if source_epochs is None:
         model = ctx.build_model(source, data)
     else:
-        model = (train_source or trained_source)(source, data, ctx, source_epochs, generator)
+        recipe = train_source or trained_source
+        model = shared_source(source, data, ctx, source_epochs, generator, seed, recipe)
     indices, x, y = crafting_set(data, subset, seed, ctx.device)
     return CraftingStart(generator, ctx.device, model, indices, x, y, started)
 

@@ -13,7 +13,7 @@ import hashlib
 import json
 from typing import Any
 
-from uebench import crafting
+from uebench import precision
 from uebench.registry import METHODS, REGISTRIES
 from uebench.version import plugin_code, plugin_provenance
 
@@ -114,6 +114,22 @@ def spec_plugins(kind: str, spec: str) -> list[dict[str, Any]]:
     return found
 
 
+def source_key(
+    arch: str, data_fingerprint: str, recipe: str, train_config: dict[str, Any], seed: int
+) -> str:
+    """The cache key of a source model trained for crafting: its architecture (canonical, with
+    its code), the data, the training recipe (a function's qualified name), the training
+    settings it ran with (epochs included) and the seed."""
+    parts = {
+        "source": plugin_identity("archs", arch),
+        "data": data_fingerprint,
+        "recipe": recipe,
+        "train": train_config,
+        "seed": seed,
+    }
+    return cache_key(parts)
+
+
 def poison_key(method: str, data_fingerprint: str, train_config: dict[str, Any] | None) -> str:
     """The cache key of ``method``'s poison on a dataset; the victim's training config joins it
     only for methods that train a source model with it (``uses_victim_training``), the
@@ -128,5 +144,5 @@ def poison_key(method: str, data_fingerprint: str, train_config: dict[str, Any] 
     if getattr(factory, "crafts_by_gradient", False):
         # Only gradient-crafted poisons changed when crafting left bf16 (issue 19): others
         # keep their keys.  Read at call time: the precision is a setting of the crafting module.
-        parts["craft_precision"] = crafting.CRAFT_PRECISION
+        parts["craft_precision"] = precision.CRAFT_PRECISION
     return cache_key(parts)

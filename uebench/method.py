@@ -16,9 +16,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from uebench.cache import PoisonCache
+from uebench.cache import PoisonCache, SourceCache
 from uebench.data import ImageData
 from uebench.errors import UebenchError
+from uebench.execution import Execution
 from uebench.identity import poison_key
 from uebench.poison import Poison
 from uebench.registry import ARCHS, METHODS
@@ -30,12 +31,15 @@ T = TypeVar("T")
 
 @dataclass
 class CraftContext:
-    """What the harness lends a method: device, the victim's training config, progress bars."""
+    """What the harness lends a method: device, the victim's training config, progress bars,
+    the poison cache (and the trained source models beside it) and how models run
+    (:mod:`uebench.execution`)."""
 
     device: torch.device
     train_config: TrainConfig = field(default_factory=TrainConfig)
     progress: bool = True
     cache: PoisonCache | None = None
+    execution: Execution = field(default_factory=Execution)
 
     def craft(self, method: str, data: ImageData) -> Poison:
         """Another method's poison for ``data`` (through the cache when there is one).
@@ -57,11 +61,17 @@ class CraftContext:
         """A fresh source model from an architecture spec such as ``resnet18:width=16``; a
         model with a data-dependent init (airbench's whitening) is fitted to the crafter's
         clean training images."""
-        model = ARCHS.build(arch, data.num_classes, data.image_shape).to(self.device)
+        model = self.execution.place(
+            ARCHS.build(arch, data.num_classes, data.image_shape), self.device
+        )
         fit = getattr(model, "fit_to_training_images", None)
         if callable(fit):  # only then is the training set worth moving to the device here
             fit(data.x_train.to(self.device))
         return model
+
+    def sources(self) -> SourceCache | None:
+        """Where trained source models are shared (the poison cache's; none without one)."""
+        return self.cache.sources() if self.cache is not None else None
 
     def bar(self, total: int | None, desc: str) -> tqdm:
         """A progress bar that vanishes when done (hidden when progress is off)."""
@@ -81,7 +91,7 @@ class Method:
     #: then becomes part of the poison's cache key.
     uses_victim_training: bool = False
     #: True when :meth:`craft` takes gradient steps (on the noise or a source model): its
-    #: poison key then names the crafting precision (:data:`uebench.crafting.CRAFT_PRECISION`),
+    #: poison key then names the crafting precision (:data:`uebench.precision.CRAFT_PRECISION`),
     #: so poisons crafted under bf16 autocast before crafting became fp32 are not reused.
     crafts_by_gradient: bool = False
     #: Raised by one when what :meth:`craft` computes at the same options changes (a fix that

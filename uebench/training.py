@@ -13,7 +13,6 @@ the first step (``fit_to_training_images``: airbench's whitening layer).
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -28,6 +27,7 @@ from uebench.countermeasure import Countermeasure, EpochStats
 from uebench.data import to_float
 from uebench.errors import UebenchError
 from uebench.execution import Execution
+from uebench.precision import autocast
 
 #: The fields every cell id has always hashed; recipe fields join an id only when set.
 _BASE_FIELDS = (
@@ -148,13 +148,6 @@ def resolve_device(name: str = "auto") -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UebenchError("device cuda requested but no CUDA GPU is available; use --device cpu")
     return device
-
-
-def autocast(device: torch.device, enabled: bool = True) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA (no loss scaling needed); a no-op on the CPU, where it is slower."""
-    if enabled and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def standard_augmentation(

@@ -157,7 +157,8 @@ def cell_poison_key(cell: Cell, data: ImageData) -> str:
 def craft_poison(cell: Cell, data: ImageData, progress: bool = True) -> Poison:
     """The crafted (unmasked) noise the cell's method makes, from the cache when there."""
     cache = PoisonCache(cell.cache_dir)
-    ctx = CraftContext(resolve_device(cell.device), cell.train, progress, cache)
+    device = resolve_device(cell.device)
+    ctx = CraftContext(device, cell.train, progress, cache, execution_for(device, cell.compile))
     # The one place a method's own exceptions become one line (nested crafts land here too).
     with plugin_errors(f"method {cell.method!r}", "crafting"):
         return ctx.craft(cell.method, data)

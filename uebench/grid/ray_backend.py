@@ -41,9 +41,10 @@ from typing import Any
 import pandas as pd
 from tqdm.auto import tqdm
 
-from uebench.cache import PoisonCache
+from uebench.cache import PoisonCache, SourceCache
 from uebench.data import ImageData
 from uebench.errors import UebenchError
+from uebench.execution import execution_for
 from uebench.files import atomic_write
 from uebench.grid.cell import (
     Cell,
@@ -161,6 +162,10 @@ class _HandedOverCache(PoisonCache):
         self.known[key] = self.crafted[key] = poison
         return poison
 
+    def sources(self) -> SourceCache | None:
+        """None: a task's source models stay in the task (each trains its own)."""
+        return None
+
 
 def craft_task(
     cell: Cell,
@@ -184,7 +189,8 @@ def craft_task(
     cache = _HandedOverCache(dict(zip(keys, known, strict=True)), translate)
     pristine = data_digest(data)
     with torch_threads(threads):
-        ctx = CraftContext(resolve_device(cell.device), cell.train, False, cache)
+        device = resolve_device(cell.device)
+        ctx = CraftContext(device, cell.train, False, cache, execution_for(device, cell.compile))
         poison = ctx.craft(cell.method, data)
     check_data_unchanged(data, pristine, f"method {cell.method!r}")
     key = specs[0][1]
