@@ -19,11 +19,13 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
 
 from uebench.data import ImageData, to_float
+from uebench.execution import Execution, execution_for
 from uebench.grid.cell import craft_poison, load_cell_data, run_cell
 from uebench.grid.config import GridConfig
 from uebench.grid.protocols import resolve_protocol
@@ -50,21 +52,18 @@ def bare_throughput(
     data: ImageData,
     device: torch.device,
     steps: int,
-    compiled: bool = False,
+    execution: Execution | None = None,
 ) -> float:
     """Images/s of forward+backward+step alone on one pre-made float batch of
-    ``config.batch_size`` (the model's limit); ``compiled`` runs the model through
-    ``torch.compile`` (compilation not timed)."""
-    model = ARCHS.build(arch, data.num_classes, data.image_shape).to(device)
-    if device.type == "cuda":
-        model.to(memory_format=torch.channels_last)
+    ``config.batch_size`` (the model's limit), the model run as ``execution`` says (the
+    device's default; compilation happens in the warm-up, not timed)."""
+    execution = execution or execution_for(device)
+    model = execution.place(ARCHS.build(arch, data.num_classes, data.image_shape), device)
     fit_to_training_images(model, data.x_train.to(device))
-    forward = torch.compile(model) if compiled else model
+    forward = execution.forward(model)
     optimizer, _ = make_optimizer(model, config, total_steps=steps + 1)
-    images = to_float(data.x_train[: config.batch_size].to(device))
+    images = execution.inputs(to_float(data.x_train[: config.batch_size].to(device)))
     labels = data.y_train[: config.batch_size].to(device)
-    if device.type == "cuda":
-        images = images.contiguous(memory_format=torch.channels_last)
     model.train()
 
     def step() -> None:
@@ -74,7 +73,7 @@ def bare_throughput(
         loss.backward()
         optimizer.step()
 
-    for _ in range(3 if compiled else 1):  # warm-up: kernels chosen (compiled), memory allocated
+    for _ in range(3 if execution.compile else 1):  # warm-up: compiled, memory allocated
         step()
     sync(device)
     started = time.perf_counter()
@@ -146,7 +145,12 @@ def main() -> None:
         if args.compile:
             started = time.perf_counter()
             compiled = bare_throughput(
-                clean.arch, clean.train, data, device, args.bare_steps, compiled=True
+                clean.arch,
+                clean.train,
+                data,
+                device,
+                args.bare_steps,
+                replace(execution_for(device), compile=True),
             )
             print(
                 f"bare step through torch.compile: {compiled:.0f} img/s = {compiled / bare:.2f} × "

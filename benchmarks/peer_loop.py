@@ -41,6 +41,7 @@ import os
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +56,7 @@ from torchvision import transforms
 
 from uebench import ARCHS, UebenchError, load
 from uebench.data import ImageData
+from uebench.execution import Execution, execution_for
 from uebench.training import (
     TrainConfig,
     accuracy,
@@ -165,9 +167,16 @@ def peer_train(
 
 
 def uebench_train(
-    model: nn.Module, data: ImageData, config: TrainConfig, device: torch.device, seed: int
+    model: nn.Module,
+    data: ImageData,
+    config: TrainConfig,
+    device: torch.device,
+    seed: int,
+    execution: Execution,
 ) -> float:
-    """Train ``model`` with ``uebench.training.train`` (no evaluation); the seconds it took."""
+    """Train ``model`` with ``uebench.training.train`` as a cell runs it (``execution``: the
+    device's memory format and compile choice), no evaluation; the seconds it took (compiling
+    included)."""
     torch.manual_seed(seed)  # kornia's crops and flips
     sync(device)
     started = time.perf_counter()
@@ -178,6 +187,7 @@ def uebench_train(
         config,
         device,
         generator=torch.Generator().manual_seed(seed),
+        execution=execution,
     )
     sync(device)
     return time.perf_counter() - started
@@ -220,7 +230,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=None, help="force the DataLoader's W")
     parser.add_argument("--probe-batches", type=int, default=8, help="steps per worker probe")
     parser.add_argument("--bare-steps", type=int, default=20)
-    parser.add_argument("--compile", action="store_true", help="also the compiled bare step")
+    parser.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="compile uebench's trainer (default: the device's choice, uebench.execution) and "
+        "time the compiled bare step",
+    )
     args = parser.parse_args(argv)
     for name in ("train_size", "test_size", "epochs", "batch_size", "probe_batches", "bare_steps"):
         if getattr(args, name) < 1:
@@ -270,11 +286,21 @@ def main(argv: list[str] | None = None) -> None:
         f"load={os.getloadavg()[0]:.2f} arch={args.arch} train={count} epochs={args.epochs} "
         f"batch={args.batch_size} lr={args.lr:g} wd={args.weight_decay:g} amp={args.amp}"
     )
-    bare = bare_throughput(args.arch, config, data, device, args.bare_steps)
-    print(f"bare forward+backward+step on a resident batch: {bare:.0f} img/s")
+    execution = execution_for(device, args.compile)
+    bare = bare_throughput(
+        args.arch, config, data, device, args.bare_steps, replace(execution, compile=False)
+    )
+    print(f"bare forward+backward+step on a resident batch: {bare:.0f} img/s ({execution})")
     compiled = None
     if args.compile:
-        compiled = bare_throughput(args.arch, config, data, device, args.bare_steps, True)
+        compiled = bare_throughput(
+            args.arch,
+            config,
+            data,
+            device,
+            args.bare_steps,
+            replace(execution_for(device), compile=True),
+        )
         print(f"bare step through torch.compile: {compiled:.0f} img/s (compiling not timed)")
 
     torch.manual_seed(args.seed)
@@ -289,7 +315,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     names = {
         "peer": f"peer loop (PIL Dataset, per-sample transforms, DataLoader, {workers} worker(s))",
-        "uebench": "uebench trainer",
+        "uebench": f"uebench trainer ({execution})",
     }
     speed = {}
     for side, name in names.items():
@@ -298,7 +324,7 @@ def main(argv: list[str] | None = None) -> None:
             if side == "peer":
                 seconds = peer_train(model, data, config, device, workers, args.seed)
             else:
-                seconds = uebench_train(model, data, config, device, args.seed)
+                seconds = uebench_train(model, data, config, device, args.seed, execution)
         if counts != expected:
             sys.exit(f"peer_loop.py: error: the {name} made {counts}, not {expected}")
         speed[side] = expected["images"] / seconds

@@ -60,7 +60,7 @@ def test_peer_loop_trains_both_sides_on_the_same_steps(tmp_path):
     assert probed == ["0", "1", "2"]
     chosen = re.search(r"DataLoader, (\d) worker\(s\)\): \d+ img/s", out)
     assert chosen and chosen.group(1) in probed
-    assert re.search(r"uebench trainer: \d+ img/s", out)
+    assert re.search(r"uebench trainer \(Execution\(.*\)\): \d+ img/s", out)
     assert re.search(r"uebench / peer: \d+\.\d\d×", out)
     assert re.search(r"uebench trainer / bare eager step: \d+\.\d\d", out)
 
