@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from uebench.errors import UebenchError
-from uebench.files import remove_stale_temporaries
+from uebench.files import file_fault, remove_stale_temporaries
 from uebench.poison import Poison
 
 
@@ -76,8 +76,12 @@ def _crafting_lock(path: Path) -> Iterator[None]:
     except ImportError:
         yield
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as handle:
+    try:  # a read-only cache fails here, before any crafting: the place's fault, said so
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = path.open("a")
+    except OSError as error:
+        raise file_fault(error, path.parent, "writing the poison cache in") from None
+    with handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
