@@ -43,6 +43,9 @@ from uebench.threat import NORMS, ThreatModel
 #: image about half the time each, so it passes all of them with a chance of about 2⁻⁸.
 ORDER_COMPARISONS = 8
 _CHUNK = 4096
+#: 1/this of the pixels make the partial sums that settle most comparisons of
+#: :func:`_check_order` early.
+_PREFIX_SHARE = 4
 
 
 class ExternalPoison(Method):
@@ -284,20 +287,37 @@ def _check_order(published: torch.Tensor, clean: torch.Tensor, where: str) -> No
     """The check that image i of the file is the dataset's image i, poisoned: for EVERY image,
     no compared clean image (the next, the previous and seeded random others,
     :data:`ORDER_COMPARISONS` in all) is strictly nearer (summed absolute difference) than its
-    own.  One swapped or relabelled image is enough to refuse the file."""
+    own.  One swapped or relabelled image is enough to refuse the file.
+
+    Exact, yet about three passes over the images rather than nine: a partial sum over a
+    seeded quarter of the pixels (:data:`_PREFIX_SHARE`) already at least the own distance
+    settles a comparison (a sum of absolute values only grows); only the rest are summed in
+    full.
+    """
     n = len(clean)
     if n < 2:
         return
     generator = torch.Generator().manual_seed(0)
     others = [torch.roll(torch.arange(n), -1), torch.roll(torch.arange(n), 1)]
     others += [torch.randperm(n, generator=generator) for _ in range(ORDER_COMPARISONS - 2)]
+    mine_all, theirs = published.flatten(1), clean.flatten(1)
+    width = theirs.shape[1]
+    pixels = torch.randperm(width, generator=generator)[: max(1, width // _PREFIX_SHARE)]
+    prefix = theirs[:, pixels]
     misplaced = torch.zeros(n, dtype=torch.bool)
     for start in range(0, n, _CHUNK):
         part = slice(start, start + _CHUNK)
-        mine = _distance(published[part], clean[part])
+        mine = mine_all[part]
+        own = _distance(mine, theirs[part])
+        mine_prefix = mine[:, pixels]
         for other in others:
+            index = other[part]
             # Ties (a clean image that appears twice) are no evidence of a swap.
-            misplaced[part] |= _distance(published[part], clean[other[part]]) < mine
+            unsettled = _distance(mine_prefix, prefix[index]) < own
+            rows = torch.nonzero(unsettled).flatten()
+            if len(rows):
+                nearer = _distance(mine[rows], theirs[index[rows]]) < own[rows]
+                misplaced[start + rows[nearer]] = True
     if bool(misplaced.any()):
         bad = torch.nonzero(misplaced).flatten()
         raise UebenchError(
@@ -310,7 +330,7 @@ def _check_order(published: torch.Tensor, clean: torch.Tensor, where: str) -> No
 
 def _distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Per image, the summed absolute difference of two uint8 batches (exact integers)."""
-    return (a.to(torch.int16) - b.to(torch.int16)).abs().flatten(1).sum(1, dtype=torch.int64)
+    return (torch.maximum(a, b) - torch.minimum(a, b)).flatten(1).sum(1, dtype=torch.int64)
 
 
 def _check_budget(

@@ -107,6 +107,21 @@ def tiny_run(tmp_path_factory) -> Path:
     return out
 
 
+def after_cell(monkeypatch, count: int, action) -> None:
+    """Do ``action()`` while the grid runs: once its ``count``-th cell has trained, before that
+    cell's record is written."""
+    real, ran = runner.run_cell, []
+
+    def run_then_act(*args, **kwargs):
+        record = real(*args, **kwargs)
+        ran.append(1)
+        if len(ran) == count:
+            action()
+        return record
+
+    monkeypatch.setattr(runner, "run_cell", run_then_act)
+
+
 def record_path(run: Path) -> Path:
     (path,) = (run / "cells").glob("*.json")
     return path
@@ -123,17 +138,8 @@ def test_a_file_poison_replaced_mid_grid_is_refused_and_the_rerun_keeps_to_the_o
     old = poison.read_bytes()
     grid = {**tiny_grid, "methods": [f"file:{poison}"], "seeds": [0, 1, 2],
             "out": str(tmp_path / "o")}  # fmt: skip
-    real = runner.run_cell
-    ran = []
-
-    def replace_after_the_first(cell, *args, **kwargs):
-        record = real(cell, *args, **kwargs)
-        ran.append(cell.seed)
-        if len(ran) == 1:
-            np.savez(poison, x_train=noisy(data, 1))  # another poison at the same path
-        return record
-
-    monkeypatch.setattr(runner, "run_cell", replace_after_the_first)
+    # Another poison at the same path once the first cell has run.
+    after_cell(monkeypatch, 1, lambda: np.savez(poison, x_train=noisy(data, 1)))
     with pytest.raises(UebenchError, match="changed since the grid was planned") as error:
         run_grid(GridConfig(**grid))
     assert "\n" not in str(error.value)
@@ -273,17 +279,7 @@ def test_a_results_folder_deleted_mid_run_is_noticed_and_its_cells_recomputed(
     tmp_path, tiny_grid, monkeypatch, capsys
 ) -> None:
     out = tmp_path / "o"
-    real = runner.run_cell
-    ran = []
-
-    def delete_after_the_second(cell, *args, **kwargs):
-        record = real(cell, *args, **kwargs)
-        ran.append(cell.seed)
-        if len(ran) == 2:
-            shutil.rmtree(out)  # `rm -rf OUT` while the grid runs
-        return record
-
-    monkeypatch.setattr(runner, "run_cell", delete_after_the_second)
+    after_cell(monkeypatch, 2, lambda: shutil.rmtree(out))  # `rm -rf OUT` while the grid runs
     grid = {**tiny_grid, "methods": ["clean"], "seeds": [0, 1, 2, 3], "out": str(out)}
     table = run_grid(GridConfig(**grid))
     assert sorted(table["seed"]) == [0, 1, 2, 3]
