@@ -193,7 +193,7 @@ def test_resource_defaults_follow_the_cluster():
     assert choose_resources(config, {"CPU": 8.0}) == Resources(cpus=1, gpus=0, threads=1)
     assert choose_resources(config, {"CPU": 8.0, "GPU": 2.0}).gpus == 1
     assert choose_resources(GridConfig(device="cpu"), {"GPU": 2.0}).gpus == 0
-    flags = GridConfig(cpus_per_cell=2.5, gpus_per_cell=0.5)
+    flags = GridConfig(backend="ray", cpus_per_cell=2.5, gpus_per_cell=0.5)
     assert choose_resources(flags, {"GPU": 2.0}) == Resources(cpus=2.5, gpus=0.5, threads=2)
     assert choose_resources(GridConfig(threads=3), {}) == Resources(cpus=3, gpus=0, threads=3)
 

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from uebench.errors import UebenchError
-from uebench.files import atomic_write, remove_stale_temporaries
+from uebench.files import atomic_write, file_fault, remove_stale_temporaries
 from uebench.poison import Poison
 
 #: Trains a source model, leaving the generator and torch's RNG as its training left them.
@@ -147,8 +147,12 @@ def _crafting_lock(path: Path) -> Iterator[None]:
     except ImportError:
         yield
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as handle:
+    try:  # a read-only cache fails here, before any crafting: the place's fault, said so
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = path.open("a")
+    except OSError as error:
+        raise file_fault(error, path.parent, "writing the poison cache in") from None
+    with handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield

@@ -49,6 +49,13 @@ class ImageData:
                     f"dataset {self.name!r}: {split} labels outside 0..{len(self.classes) - 1} "
                     f"(the {len(self.classes)} classes): {_preview(outside.unique().tolist())}"
                 )
+        repeated = sorted({name for name in self.classes if self.classes.count(name) > 1})
+        if repeated:
+            # Two classes of one name cannot be told apart in a table or an exported folder.
+            raise UebenchError(
+                f"dataset {self.name!r}: class name(s) {_preview([repr(n) for n in repeated])} "
+                "used for more than one class; every class needs its own name"
+            )
         if self.x_train.shape[1:] != self.x_test.shape[1:]:
             raise UebenchError(
                 f"dataset {self.name!r}: train images {tuple(self.x_train.shape[1:])} and test "
@@ -109,6 +116,14 @@ class ImageData:
         if test_size is not None:
             keep = stratified_indices(y_test, test_size, seed + 1)
             x_test, y_test = x_test[keep], y_test[keep]
+            dropped = sorted(set(self.y_test.unique().tolist()) - set(y_test.unique().tolist()))
+            if dropped:
+                raise UebenchError(
+                    f"dataset {self.name!r}: a test subset of {test_size} images leaves "
+                    f"{len(dropped)} of its {self.num_classes} classes without any "
+                    f"({self._class_preview(dropped)}); use a test_size of at least "
+                    f"{self.num_classes}, large enough for every class"
+                )
         return replace(self, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
 
 

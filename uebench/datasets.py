@@ -9,8 +9,6 @@ costs seconds that ``digits`` and ``npz`` users should not pay.
 
 from __future__ import annotations
 
-import zipfile
-import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -20,6 +18,8 @@ import torch
 
 from uebench.data import ImageData, from_numpy_nhwc, stratified_indices
 from uebench.errors import UebenchError
+from uebench.files import one_line
+from uebench.numpy_files import NUMPY_ERRORS, is_numpy_magic, load_numpy
 from uebench.registry import DATASETS
 from uebench.scenarios import resolve_classes
 
@@ -39,13 +39,6 @@ CIFAR10_CLASSES = (
 DIGIT_CLASSES = tuple(str(i) for i in range(10))
 _NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
 _KEY_LIST = ", ".join(_NPZ_KEYS)
-# What a truncated, corrupt or foreign file can raise while numpy reads it.
-_NPZ_ERRORS = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error)
-
-
-def _one_line(error: BaseException) -> str:
-    # Third-party messages may span lines; the CLI prints ours as a single line.
-    return " ".join(str(error).split()) or type(error).__name__
 
 
 def _root(root: str | None) -> Path:
@@ -172,11 +165,11 @@ def _read_npz(path: Path, name: str, classes: Sequence[str] | None = None) -> Im
             magic = file.read(6)
         # numpy takes anything neither zip nor .npy for a pickle, and its error then suggests
         # loading it unsafely: say what is wrong instead.  allow_pickle=False: no file runs code.
-        if not magic.startswith((b"PK\x03\x04", b"\x93NUMPY")):
+        if not is_numpy_magic(magic):
             raise ValueError("neither a zip nor a .npy file")
-        archive = np.load(path, allow_pickle=False)
-    except _NPZ_ERRORS as error:
-        raise UebenchError(f"cannot read {path} as an .npz archive: {_one_line(error)}") from None
+        archive = load_numpy(path)
+    except NUMPY_ERRORS as error:
+        raise UebenchError(f"cannot read {path} as an .npz archive: {one_line(error)}") from None
     if not isinstance(archive, np.lib.npyio.NpzFile):
         raise UebenchError(f"{path} holds a single array, not an .npz archive of {_KEY_LIST}")
     with archive:
@@ -192,10 +185,14 @@ def _read_npz(path: Path, name: str, classes: Sequence[str] | None = None) -> Im
                 continue
             try:  # members are read lazily: corruption (or pickled objects) shows up here
                 arrays[key] = archive[key]
-            except _NPZ_ERRORS as error:
-                raise UebenchError(f"{path}: cannot read {key}: {_one_line(error)}") from None
+            except NUMPY_ERRORS as error:
+                raise UebenchError(f"{path}: cannot read {key}: {one_line(error)}") from None
     for split in ("train", "test"):
         x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
+        if x.ndim == 0 or y.ndim == 0:
+            name, array = (f"x_{split}", x) if x.ndim == 0 else (f"y_{split}", y)
+            shape = "N×H×W×C or N×H×W images" if name[0] == "x" else "N labels"
+            raise UebenchError(f"{path}: {name} must be {shape}, got a 0-dim array ({array.dtype})")
         if x.dtype != np.uint8 or not (x.ndim == 3 or (x.ndim == 4 and x.shape[-1] in (1, 3))):
             raise UebenchError(
                 f"{path}: x_{split} must be uint8 of shape (N, H, W, 1 or 3) or (N, H, W), "
@@ -240,15 +237,13 @@ def _torchvision_splits(
         return make(True), make(False)
     except RuntimeError as error:  # torchvision: "Dataset not found or corrupted"
         if "not found" not in str(error).lower():
-            raise UebenchError(f"{title} under {root}: {_one_line(error)}") from None
+            raise UebenchError(f"{title} under {root}: {one_line(error)}") from None
         raise UebenchError(
             f"{title} not found under {root}: point --data-root at a folder holding {holds}, "
             "or add :download=true (needs internet)"
         ) from None
     except (OSError, ValueError, EOFError, KeyError) as error:  # e.g. no network for download
-        raise UebenchError(
-            f"{title} under {root} could not be loaded: {_one_line(error)}"
-        ) from None
+        raise UebenchError(f"{title} under {root} could not be loaded: {one_line(error)}") from None
 
 
 def _cifar(
@@ -328,7 +323,7 @@ def _read_images(files: Sequence[str], size: int) -> torch.Tensor:
                 rgb = image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
                 out[i] = np.asarray(rgb).transpose(2, 0, 1)
         except (OSError, ValueError) as error:
-            raise UebenchError(f"cannot read image {file}: {_one_line(error)}") from None
+            raise UebenchError(f"cannot read image {file}: {one_line(error)}") from None
     return torch.from_numpy(out)
 
 
@@ -361,7 +356,7 @@ def _image_folder(
         train = make_dataset(train_dir, index, extensions=IMG_EXTENSIONS)
         test = make_dataset(test_dir, index, extensions=IMG_EXTENSIONS)
     except (OSError, ValueError) as error:
-        raise UebenchError(f"{directory}: {_one_line(error)}") from None
+        raise UebenchError(f"{directory}: {one_line(error)}") from None
     if max_classes is None:
         # A test class absent from train/ would otherwise be dropped without a word.
         extra = sorted(set(find_classes(test_dir)[0]) - set(classes))

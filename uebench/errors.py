@@ -1,4 +1,5 @@
-"""The one exception type whose message is meant for the user, printed as a single line, and
+"""The one exception type whose message is meant for the user, printed as a single line (and
+:class:`FileFault`, the kind that blames a file rather than a plugin), and
 :func:`plugin_errors`, which turns a plugin's own exceptions into it."""
 
 from __future__ import annotations
@@ -9,6 +10,11 @@ from collections.abc import Iterator
 
 class UebenchError(Exception):
     """A problem with the user's input or files; the CLI prints its message without a traceback."""
+
+
+class FileFault(UebenchError):
+    """A file that could not be read or written (disk full, read-only, not UTF-8, ...): the
+    place's fault, never a plugin's, so no wrapper re-labels it as a plugin's failure."""
 
 
 @contextlib.contextmanager

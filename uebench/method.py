@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from uebench.cache import PoisonCache, SourceCache
 from uebench.data import ImageData
-from uebench.errors import UebenchError
+from uebench.errors import FileFault, UebenchError
 from uebench.execution import Execution
 from uebench.identity import poison_key
 from uebench.poison import Poison
@@ -128,8 +128,9 @@ def craft_within_threat(method: Method, data: ImageData, ctx: CraftContext, spec
         poison = method.craft(data, ctx)
     except UebenchError as error:
         # Poison's own checks (NaN noise, rows out of range, a row over its budget) do not
-        # know which method made it; the user needs to.
-        if spec in str(error):
+        # know which method made it; the user needs to.  A file fault (disk full writing a
+        # nested poison to the cache) is the place's, not the method's.
+        if spec in str(error) or isinstance(error, FileFault):
             raise
         raise UebenchError(f"method {spec!r} failed while crafting: {error}") from error
     check_declared_threat(method, poison, spec)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import numbers
 import os
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -204,8 +205,13 @@ def _bounds_text(bounds: Mapping[str, Any]) -> str:
     return ""
 
 
+#: One seed as text: digits only (``int`` alone would take ``1_000`` and `` +1``).
+_SEED = re.compile(r"-?\d+")
+
+
 def parse_seeds(value: Any) -> list[int]:
-    """``0,1,2``, ``0-4`` or a list of ints; a reversed range or no seed at all is an error."""
+    """``0,1,2``, ``0-4`` or a list of ints; a reversed range, an empty item between two
+    commas, a number written with ``_`` and no seed at all are errors."""
     if _is_int(value):
         return [int(value)]
     if isinstance(value, (list, tuple)):
@@ -216,7 +222,17 @@ def parse_seeds(value: Any) -> list[int]:
     if not isinstance(value, str):
         raise UebenchError(f"seeds: expected e.g. 0,1,2, 0-4 or a list of integers, got {value!r}")
     seeds: list[int] = []
-    for part in (part.strip() for part in value.split(",")):
+    parts = [part.strip() for part in value.split(",")]
+    while parts and not parts[-1]:  # a comma at either end is harmless, as in a spec list
+        parts.pop()
+    while parts and not parts[0]:
+        parts.pop(0)
+    if "" in parts:
+        raise UebenchError(f"bad seeds {value!r}: an empty item between two commas")
+    for part in parts:
+        ends = part.split("-", 1) if "-" in part[1:] else [part]
+        if part and not all(_SEED.fullmatch(end.strip()) for end in ends):
+            raise UebenchError(f"bad seeds {value!r}; use e.g. 0,1,2 or 0-4 (plain digits)")
         try:
             if "-" in part[1:]:
                 low, high = (int(end) for end in part.split("-", 1))

@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import io
 import re
-import zipfile
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,8 @@ import numpy as np
 import torch
 
 from uebench.errors import UebenchError
+from uebench.files import one_line, os_error_line
+from uebench.numpy_files import NUMPY_ERRORS, is_numpy_magic, load_numpy
 
 #: Keys an archive's array may have, by what it holds.
 IMAGE_KEYS = ("x_train", "poisoned", "images", "x", "data", "arr_0")
@@ -32,7 +33,6 @@ ARRAY_SUFFIXES = (".npz", ".npy", ".pt", ".pth")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 #: Suffixes of formats that can run code when read; refused by name before anything is opened.
 PICKLE_SUFFIXES = (".pkl", ".pickle", ".p", ".joblib")
-_NUMPY_ERRORS = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error)
 
 
 @dataclass
@@ -42,7 +42,8 @@ class PoisonFile:
     ``array`` is as stored (any dtype, NCHW or NHWC, or per-class lists for folders);
     ``labels`` the training labels the file gives (None when it gives none); ``content`` is
     ``images``, ``delta`` or ``auto`` (to be decided from the values); ``classes`` the class
-    folder names of an ImageFolder tree (None for arrays).
+    folder names of an ImageFolder tree (None for arrays); ``sha256`` the hash
+    (:func:`file_sha256`) of the very bytes these arrays were read from.
     """
 
     array: np.ndarray
@@ -51,10 +52,7 @@ class PoisonFile:
     format: str
     key: str | None = None
     classes: tuple[str, ...] | None = None
-
-
-def _one_line(error: BaseException) -> str:
-    return " ".join(str(error).split()) or type(error).__name__
+    sha256: str = ""
 
 
 def check_readable(path: Path) -> str:
@@ -77,7 +75,7 @@ def check_readable(path: Path) -> str:
         )
     with path.open("rb") as handle:
         magic = handle.read(6)
-    if suffix in (".npz", ".npy") and not magic.startswith((b"PK\x03\x04", b"\x93NUMPY")):
+    if suffix in (".npz", ".npy") and not is_numpy_magic(magic):
         what = "a pickle" if magic[:1] == b"\x80" else "neither a zip nor a .npy file"
         raise UebenchError(
             f"{path} is {what}; uebench reads numpy files only with allow_pickle=False"
@@ -86,17 +84,30 @@ def check_readable(path: Path) -> str:
 
 
 def read_poison_file(path: Path, key: str | None = None) -> PoisonFile:
-    """Read a poison file of any supported format (see :func:`check_readable`)."""
+    """Read a poison file of any supported format (see :func:`check_readable`), hashing the
+    bytes it reads (``sha256``): what was read is what the hash names, even if the file is
+    replaced meanwhile."""
     kind = check_readable(path)
     if kind == "folder":
         return _read_folder(path)
-    arrays = _read_numpy(path) if kind in ("npz", "npy") else _read_torch(path)
-    return _pick(path, kind, arrays, key)
-
-
-def _read_numpy(path: Path) -> dict[str, np.ndarray]:
     try:
-        loaded = np.load(path, allow_pickle=False)
+        content = path.read_bytes()
+    except OSError as error:
+        raise UebenchError(os_error_line(error, path, "reading")) from None
+    arrays = _read_numpy(path, content) if kind in ("npz", "npy") else _read_torch(path, content)
+    read = _pick(path, kind, arrays, key)
+    if read.array.ndim == 0:
+        raise UebenchError(
+            f"{path}: {read.key or 'its array'} must be N×H×W×C or N×C×H×W images, got a 0-dim "
+            "array"
+        )
+    read.sha256 = hashlib.sha256(content).hexdigest()
+    return read
+
+
+def _read_numpy(path: Path, content: bytes) -> dict[str, np.ndarray]:
+    try:
+        loaded = load_numpy(path, content)
         if isinstance(loaded, np.ndarray):
             return {"": loaded}
         with loaded:
@@ -107,14 +118,14 @@ def _read_numpy(path: Path) -> dict[str, np.ndarray]:
                 f"{path} holds pickled objects; uebench reads numpy files only with "
                 "allow_pickle=False (store plain numeric arrays)"
             ) from None
-        raise UebenchError(f"cannot read {path}: {_one_line(error)}") from None
-    except _NUMPY_ERRORS as error:
-        raise UebenchError(f"cannot read {path}: {_one_line(error)}") from None
+        raise UebenchError(f"cannot read {path}: {one_line(error)}") from None
+    except NUMPY_ERRORS as error:
+        raise UebenchError(f"cannot read {path}: {one_line(error)}") from None
 
 
-def _read_torch(path: Path) -> dict[str, np.ndarray]:
+def _read_torch(path: Path, content: bytes) -> dict[str, np.ndarray]:
     try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
+        loaded = torch.load(io.BytesIO(content), map_location="cpu", weights_only=True)
     except Exception as error:  # weights_only refuses anything but tensors and plain types
         # torch's own message advises weights_only=False, which would run the file's code.
         raise UebenchError(
@@ -180,26 +191,35 @@ def folder_files(path: Path) -> dict[str, list[Path]]:
 
 
 def _read_folder(path: Path) -> PoisonFile:
-    """Every image of an ImageFolder tree, class by class, as one uint8 NHWC array."""
+    """Every image of an ImageFolder tree, class by class, as one uint8 NHWC array, hashed as
+    :func:`file_sha256` hashes the folder, from the bytes decoded."""
     from PIL import Image
 
     classes = folder_files(path)
     images, labels = [], []
+    digest = hashlib.sha256()
     for label, files in enumerate(classes.values()):
         for file in files:
             try:
-                with Image.open(file) as image:
+                content = file.read_bytes()
+                digest.update(file.relative_to(path).as_posix().encode() + b"\0" + content)
+                with Image.open(io.BytesIO(content)) as image:
                     mode = "L" if image.mode in ("L", "I;16", "1") else "RGB"
                     array = np.asarray(image.convert(mode))
             except (OSError, ValueError) as error:
-                raise UebenchError(f"cannot read image {file}: {_one_line(error)}") from None
+                raise UebenchError(f"cannot read image {file}: {one_line(error)}") from None
             images.append(array if array.ndim == 3 else array[..., None])
             labels.append(label)
     shapes = {image.shape for image in images}
     if len(shapes) != 1:
         raise UebenchError(f"{path}: images differ in size or channels: {sorted(shapes)[:3]}")
     return PoisonFile(
-        np.stack(images), np.asarray(labels), "images", "folder", classes=tuple(classes)
+        np.stack(images),
+        np.asarray(labels),
+        "images",
+        "folder",
+        classes=tuple(classes),
+        sha256=digest.hexdigest(),
     )
 
 

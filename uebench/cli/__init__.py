@@ -11,8 +11,10 @@ import argparse
 import importlib
 import inspect
 import os
+import signal
 import sys
 import textwrap
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -149,9 +151,29 @@ def _show(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a scheduler's stop), raised where SIGINT's KeyboardInterrupt would
+    be: the same cleanup (claims released, Ray tasks cancelled) and the same line."""
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``uebench`` command; user errors print one line and exit 2."""
+    """Entry point of the ``uebench`` command; user errors print one line and exit 2, an
+    interrupt (Ctrl-C, SIGTERM) one line and 130 (143 for SIGTERM)."""
     args = _parser().parse_args(argv)
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None
+    try:
+        return _handle(args)
+    finally:
+        if previous is not None:  # None: set outside Python, nothing to put back
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _handle(args: argparse.Namespace) -> int:
     try:
         args.handler(args)
     except UebenchError as error:
@@ -161,12 +183,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except BrokenPipeError:  # e.g. `uebench list | head`
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the flush at exit
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupt:
+        terminated = isinstance(interrupt, Terminated)
         print(
-            "uebench: interrupted; finished cells are saved, rerun the command to resume",
+            f"uebench: {'terminated' if terminated else 'interrupted'}; finished cells are "
+            "saved, rerun the command to resume",
             file=sys.stderr,
         )
-        return 130
+        return 143 if terminated else 130
     return 0
 
 

@@ -7,12 +7,13 @@ from pathlib import Path
 from typing import Any
 
 from uebench.errors import UebenchError
-from uebench.files import atomic_write, check_writable
+from uebench.files import atomic_write, check_writable, write_csv
 from uebench.results.leaderboard import (
     NEAR_CHANCE_STATUS,
     RANK_BY,
     board_markdown,
     cells_frame,
+    check_board_path,
     leaderboard,
     markdown_table,
     read_records,
@@ -94,6 +95,8 @@ def _metric_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _leaderboard(args: argparse.Namespace) -> None:
+    if args.out is not None:  # an unwritable place is one line before any record is read
+        check_board_path(Path(args.out))
     board, _ = leaderboard(args.run_dirs, args.metric)
     if args.out is None:
         print(board_markdown(board, args.rank_by))
@@ -105,6 +108,11 @@ def _leaderboard(args: argparse.Namespace) -> None:
 def _compare(args: argparse.Namespace) -> None:
     import pandas as pd
 
+    out = Path(args.out) if args.out else None
+    if out is not None:  # an unusable output is one line before any record is read
+        if out.suffix not in (".csv", ".md"):
+            raise UebenchError(f"compare output must end in .csv or .md, got {out}")
+        check_writable("compare -o", out.parent)
     references = load_references(*args.reference)
     table = compare(references, cells_frame(read_records(args.run_dirs)))
     measured = table[table["status"] != "not measured"]
@@ -132,15 +140,12 @@ def _compare(args: argparse.Namespace) -> None:
                 else ""
             )
         )
-    if args.out:
-        out = Path(args.out)
+    if out is not None:
         if out.suffix == ".md":
             text = markdown_table(shown) + "\n"
-        elif out.suffix == ".csv":
-            text = shown.to_csv(index=False, float_format="%.4g")
+            atomic_write(out, lambda stream: stream.write(text), mode="w")
         else:
-            raise UebenchError(f"compare output must end in .csv or .md, got {out}")
-        atomic_write(out, lambda stream: stream.write(text), mode="w")
+            write_csv(out, shown, float_format="%.4g")
         print(f"wrote {out}")
     if args.check and (measured["status"] == "MISMATCH").any():
         raise SystemExit(1)

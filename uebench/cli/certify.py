@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ from uebench.errors import UebenchError
 from uebench.grid.cell import load_cell_data
 from uebench.identity import poison_key
 from uebench.poison import Poison
+from uebench.records import read_record
 from uebench.registry import ARCHS
 from uebench.spec import parse_float
 from uebench.training import resolve_device
@@ -146,12 +146,8 @@ def _folder_hint(folder: Path) -> str:
 
 def cell_target(path: Path, which: str = "victim", test_size: int | None = None) -> Target:
     """A grid cell's saved victim (``which="victim"``) or its poison's crafting surrogate."""
-    try:
-        record = json.loads(path.read_text())
-        config = record["config"]
-        cell_id = record["cell_id"]
-    except (OSError, ValueError, KeyError, TypeError):
-        raise UebenchError(f"{path} is not a uebench cell record") from None
+    record = read_record(path, for_export=True)  # one line naming the file if malformed
+    config, cell_id = record["config"], record["cell_id"]
     data = load_cell_data(
         config["dataset"],
         config.get("data_root"),

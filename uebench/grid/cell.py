@@ -93,8 +93,34 @@ class Cell:
         }
 
     @functools.cached_property
+    def planned(self) -> dict[str, Any]:
+        """:meth:`identity` as it was when the cell was planned (its id is this one's hash):
+        what the cell's inputs must still be when it runs (:func:`check_planned_poison`)."""
+        return self.identity()
+
+    @functools.cached_property
     def cell_id(self) -> str:
-        return cache_key(self.identity())[:16]
+        return cache_key(self.planned)[:16]
+
+
+def check_planned_poison(cell: Cell, crafted: Poison) -> None:
+    """Refuse, in one line, a poison made from another file than the cell was planned on.
+
+    A ``file:`` method's identity holds the sha256 of the file; the poison it crafts names the
+    sha256 of the bytes it actually read.  A file replaced while a grid runs would otherwise
+    give later cells the new poison under cell ids hashed from the old one, and a rerun with
+    the old file back would find their records and return another poison's numbers.
+    """
+    method = cell.planned.get("method")
+    options = method.get("options") if isinstance(method, dict) else None
+    planned = options.get("sha256") if isinstance(options, dict) else None
+    read = crafted.meta.get("file_sha256")
+    if planned is not None and read is not None and read != planned:
+        raise UebenchError(
+            f"cell {cell.name()}: the poison file of {cell.method!r} changed since the grid was "
+            f"planned (sha256 {planned[:12]} then, {read[:12]} now); nothing recorded for it: "
+            "rerun to plan the grid on the file as it is now"
+        )
 
 
 @functools.lru_cache(maxsize=4)
@@ -221,6 +247,7 @@ def run_cell(
     if crafted is None:
         crafted = craft_poison(cell, data, progress)
         check_data_unchanged(data, pristine, f"method {cell.method!r}")
+    check_planned_poison(cell, crafted)
     poison = cell_poison(cell, crafted, data)
     craft_seconds = time.perf_counter() - craft_started
 
@@ -410,7 +437,7 @@ def cell_record(
         },
         "countermeasure_notes": trainset.notes,
         "data_fingerprint": data.fingerprint(),
-        "config": {**asdict(cell), "identity": cell.identity()},
+        "config": {**asdict(cell), "identity": cell.planned},
         "code_version": code_version(),
         "plugins": cell_plugins(cell),
         "device": str(device),

@@ -14,7 +14,7 @@ import tomllib
 
 from uebench.countermeasure import build_countermeasure
 from uebench.errors import UebenchError, plugin_errors
-from uebench.files import check_writable
+from uebench.files import check_writable, os_error_line
 from uebench.grid.cell import Cell
 from uebench.grid.protocols import Protocol, resolve_protocol
 from uebench.identity import method_identity
@@ -51,6 +51,8 @@ RUN_FLAGS = {
 }
 _INT_FLAGS = {"epochs", "batch_size", "train_size", "test_size", "threads", "max_cells"}
 _FLOAT_FLAGS = {"lr", "cpus_per_cell", "gpus_per_cell"}
+#: Settings only the Ray backend reads.
+_RAY_ONLY = ("address", "cpus_per_cell", "gpus_per_cell")
 
 
 @dataclass
@@ -104,6 +106,14 @@ class GridConfig:
             value = getattr(self, key)
             if value is not None and not value.strip():  # "" would mean the current folder
                 raise UebenchError(f"{key}: expected a folder name, got {value!r}")
+        # The local backend reads none of Ray's settings: one given would be silently ignored.
+        ignored = [key for key in _RAY_ONLY if getattr(self, key) is not None]
+        if self.backend == "local" and ignored:
+            flags = ", ".join(f"--{key.replace('_', '-')}" for key in ignored)
+            raise UebenchError(
+                f"{flags} {'is' if len(ignored) == 1 else 'are'} for --backend ray; the local "
+                "backend would ignore it: drop it or add --backend ray"
+            )
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> GridConfig:
@@ -278,8 +288,8 @@ def read_config_file(path: str) -> dict[str, Any]:
     file = Path(path)
     try:
         text = file.read_text()
-    except OSError as error:
-        raise UebenchError(f"cannot read config {path}: {error.strerror}") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise UebenchError(f"config: {os_error_line(error, path, 'reading')}") from None
     try:
         if file.suffix == ".toml":
             values = tomllib.loads(text)

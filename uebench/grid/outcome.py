@@ -1,5 +1,6 @@
 """How a grid run ends, whichever backend ran it: its rows of results.csv, the one line that
-reports a failed cell, and :class:`CellsFailed` when cells raised.
+reports a failed cell, :class:`CellsFailed` when cells raised, and the check that no finished
+cell's record vanished while the grid ran.
 
 Both backends (:mod:`uebench.grid.runner`, :mod:`uebench.grid.ray_backend`) use these, so they
 live below both.
@@ -48,7 +49,28 @@ def failure_line(cell: Cell, reason: str) -> str:
 
 
 def grid_table(store: ResultStore, cells: list[Cell]) -> pd.DataFrame:
-    """The rows of results.csv that belong to ``cells``."""
+    """The rows of results.csv that belong to ``cells``, labelled as this grid names its
+    methods and countermeasures (a record's own label, perhaps edited by hand or written under
+    another spelling of the same cell, never reaches the run's table)."""
     table = store.table()
-    ids = {cell.cell_id for cell in cells}
-    return table[table["cell_id"].isin(ids)].reset_index(drop=True)
+    by_id = {cell.cell_id: cell for cell in cells}
+    table = table[table["cell_id"].isin(by_id)].reset_index(drop=True)
+    mine = [by_id[cell_id] for cell_id in table["cell_id"]]
+    table["method"] = [cell.method_label or cell.method for cell in mine]
+    table["defense"] = [cell.defense_label or cell.defense for cell in mine]
+    return table
+
+
+def lost_records(store: ResultStore, finished: list[Cell]) -> list[Cell]:
+    """The cells of ``finished`` (each done before the run or during it) whose record is gone
+    or unreadable now: a results folder deleted mid-run is recreated by the next write, and
+    the cells finished before it would otherwise drop out of the table without a word."""
+    return [cell for cell in finished if store.read(cell.cell_id) is None]
+
+
+def vanished(store: ResultStore, lost: list[Cell], total: int) -> str:
+    """The line that says finished records vanished during the run."""
+    return (
+        f"{len(lost)} of the grid's {total} finished cells lost their record in {store.cells} "
+        "while the grid ran (the folder or its files deleted?)"
+    )

@@ -56,7 +56,13 @@ from uebench.grid.cell import (
     run_cell,
 )
 from uebench.grid.config import GridConfig
-from uebench.grid.outcome import CellsFailed, failure_line, grid_table
+from uebench.grid.outcome import (
+    CellsFailed,
+    failure_line,
+    grid_table,
+    lost_records,
+    vanished,
+)
 from uebench.grid.store import ResultStore
 from uebench.grid.threads import torch_threads
 from uebench.identity import NESTED_SPECS, poison_key
@@ -414,7 +420,9 @@ def run_grid_ray(config: GridConfig) -> pd.DataFrame:
             f"uebench: {len(cells) - len(todo)} of {len(cells)} cells already done in "
             f"{store.root}; running {len(todo)}"
         )
+    left = {cell.cell_id for cell in todo}  # those another process holds, once claimed below
     todo = _claim(store, todo)
+    left -= {cell.cell_id for cell in todo}
     if not todo:
         store.write_csv()
         return grid_table(store, cells)
@@ -442,6 +450,9 @@ def run_grid_ray(config: GridConfig) -> pd.DataFrame:
     store.write_csv()
     if failures:
         raise CellsFailed(failures, len(todo), store.root)
+    lost = lost_records(store, [cell for cell in cells if cell.cell_id not in left])
+    if lost:
+        raise UebenchError(f"{vanished(store, lost, len(cells))}; rerun to recompute them")
     return grid_table(store, cells)
 
 
@@ -593,7 +604,7 @@ def _run(
                 )
             # The driver's view of what the cell is, so the record's identity hashes to its
             # cell id even for a plugin shipped by value (whose source a worker cannot hash).
-            record["config"]["identity"] = cell.identity()
+            record["config"]["identity"] = cell.planned
             record["plugins"] = cell_plugins(cell)
             if model is not None:
                 path = store.root / "models" / f"{cell.cell_id}.pt"

@@ -12,14 +12,17 @@ process ends with the whole grid's table, as if it had run alone.
 from __future__ import annotations
 
 import socket
+import sys
 import time
 from collections import Counter
 
 import pandas as pd
 from tqdm.auto import tqdm
 
+from uebench.errors import UebenchError
 from uebench.grid.cell import Cell, run_cell
 from uebench.grid.config import GridConfig
+from uebench.grid.outcome import grid_table, lost_records, vanished
 from uebench.grid.store import ResultStore
 from uebench.grid.threads import choose_threads, torch_threads
 
@@ -54,22 +57,42 @@ def run_local(config: GridConfig) -> pd.DataFrame:
     )
     try:
         with torch_threads(threads):
-            waiting = _run_claimable(todo, store, config, threads, bar)
-            if waiting:
+            _run_all(todo, store, config, threads, bar)
+            lost = lost_records(store, cells)
+            if lost:  # every cell has finished by now: a missing record was removed
                 tqdm.write(
-                    f"uebench: {len(waiting)} cell(s) running elsewhere{_holders(store, waiting)}"
-                    "; waiting for them (Ctrl-C stops waiting; their records still arrive)"
+                    f"uebench: warning: {vanished(store, lost, len(cells))}; recomputing them",
+                    file=sys.stderr,
                 )
-            while waiting:
-                time.sleep(WAIT_POLL_S)
-                waiting = _run_claimable(waiting, store, config, threads, bar)
+                bar.total += len(lost)
+                _run_all(lost, store, config, threads, bar)
+                lost = lost_records(store, cells)
+                if lost:
+                    raise UebenchError(
+                        f"{vanished(store, lost, len(cells))}, again after recomputing them; "
+                        f"nothing in {store.root} can be trusted while something removes its files"
+                    )
     finally:
         bar.close()
         store.release_all()
     store.write_csv()
-    table = store.table()
-    ids = {cell.cell_id for cell in cells}
-    return table[table["cell_id"].isin(ids)].reset_index(drop=True)
+    return grid_table(store, cells)
+
+
+def _run_all(
+    cells: list[Cell], store: ResultStore, config: GridConfig, threads: int, bar: tqdm
+) -> None:
+    """Run every cell of ``cells`` without a record, waiting for those another process holds
+    (and running any its claimant gives up)."""
+    waiting = _run_claimable(cells, store, config, threads, bar)
+    if waiting:
+        tqdm.write(
+            f"uebench: {len(waiting)} cell(s) running elsewhere{_holders(store, waiting)}"
+            "; waiting for them (Ctrl-C stops waiting; their records still arrive)"
+        )
+    while waiting:
+        time.sleep(WAIT_POLL_S)
+        waiting = _run_claimable(waiting, store, config, threads, bar)
 
 
 def _run_claimable(

@@ -12,7 +12,6 @@ on another host cannot be asked, and a pid may have been reused); a stale claim 
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import os
 import sys
@@ -26,7 +25,14 @@ from typing import Any
 import pandas as pd
 
 from uebench.errors import UebenchError
-from uebench.files import atomic_write, remove_stale_temporaries, this_host, writer_alive
+from uebench.files import (
+    atomic_write,
+    file_fault,
+    remove_stale_temporaries,
+    this_host,
+    write_csv,
+    writer_alive,
+)
 from uebench.records import read_record  # the one validation every reader shares
 
 try:  # claims are serialized with flock where there is one (not on Windows)
@@ -107,17 +113,23 @@ class ResultStore:
                 handle = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:  # a process that does not take the lock got there first
                 return False
-            with os.fdopen(handle, "w") as stream:
-                json.dump(
-                    {
-                        "pid": os.getpid(),
-                        "host": this_host(),
-                        "started": time.time(),
-                        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                        "token": token,
-                    },
-                    stream,
-                )
+            except OSError as error:
+                raise file_fault(error, path) from None
+            try:
+                with os.fdopen(handle, "w") as stream:
+                    json.dump(
+                        {
+                            "pid": os.getpid(),
+                            "host": this_host(),
+                            "started": time.time(),
+                            "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                            "token": token,
+                        },
+                        stream,
+                    )
+            except OSError as error:  # a disk full now: no half-written claim left behind
+                path.unlink(missing_ok=True)
+                raise file_fault(error, path) from None
         with self._guard:
             self._held[cell_id] = token
             if self._heartbeat is None:
@@ -203,16 +215,14 @@ class ResultStore:
         self, cell_id: str, unreadable: str = "the cell will be recomputed"
     ) -> dict[str, Any] | None:
         """A finished cell's record, or None; an unreadable or malformed record (a stub such as
-        ``{"cell_id": ...}``, a JSON list) counts as unfinished, with one warning line on
-        stderr ending in ``unreadable`` (what the caller will do about it)."""
+        ``{"cell_id": ...}``, a JSON list, a field of the wrong type or out of range, an id
+        that is not its file's) counts as unfinished, with one warning line on stderr ending in
+        ``unreadable`` (what the caller will do about it)."""
         path = self.path(cell_id)
         if not path.exists():
             return None
         try:
-            record = read_record(path)
-            if record.get("cell_id") != cell_id:
-                raise UebenchError(f"record {path}: its cell id does not match the file name")
-            return record
+            return read_record(path, cell_id)
         except UebenchError as error:
             _warn_once(path, f"{error}; {unreadable}")
             return None
@@ -241,10 +251,10 @@ class ResultStore:
         )
 
     def write_csv(self) -> Path:
-        buffer = io.StringIO()
-        self.table().to_csv(buffer, index=False, float_format="%.2f")
+        """Rewrite ``results.csv`` from every record (text escaped against spreadsheet
+        formulas, :func:`uebench.files.spreadsheet_safe`)."""
         path = self.root / "results.csv"
-        atomic_write(path, lambda stream: stream.write(buffer.getvalue()), mode="w")
+        write_csv(path, self.table(), float_format="%.2f")
         return path
 
 

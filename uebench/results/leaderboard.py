@@ -15,6 +15,7 @@ test.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import math
 from collections.abc import Iterable, Sequence
@@ -25,7 +26,7 @@ import pandas as pd
 
 from uebench.baseline import chance_level, near_chance, near_chance_warning
 from uebench.errors import UebenchError
-from uebench.files import atomic_write
+from uebench.files import atomic_write, check_writable, write_csv
 from uebench.identity import countermeasure_identity, method_identity, plugin_identity
 from uebench.records import ACCURACY_METRICS, is_number, read_record
 from uebench.spec import parse_spec
@@ -63,8 +64,8 @@ def read_records(run_dirs: Iterable[str | Path]) -> list[dict[str, Any]]:
                 raise UebenchError(f"results folder {root} does not exist")
             raise UebenchError(f"{root} is not a uebench results folder (it has no cells/ folder)")
         for path in sorted(cells.glob("*.json")):
-            record = read_record(path)
-            cell_id = str(record.get("cell_id") or path.stem)
+            record = read_record(path, cell_id=path.stem)
+            cell_id = path.stem
             if cell_id not in seen:
                 seen.add(cell_id)
                 records.append({**record, "_path": str(path)})
@@ -161,7 +162,35 @@ def cells_frame(records: Sequence[dict[str, Any]]) -> pd.DataFrame:
         row["_path"] = record.get("_path")
         row.update(_record_keys(record))
         rows.append(row)
-    return pd.DataFrame(rows)
+    frame = pd.DataFrame(rows)
+    if not frame.empty:
+        frame["method"] = _distinct_labels(frame)
+    return frame
+
+
+def _distinct_labels(cells: pd.DataFrame) -> list[str]:
+    """Method labels that tell configurations apart: where one label (``file:poison.npz``)
+    names several methods (two files that were at that path), each gets a short tag of its
+    identity (the file's sha256, else the identity's hash), so they are two rows, not one
+    label twice."""
+    keys_of = cells.groupby("method", sort=False)["_key_method"].nunique()
+    shared = set(keys_of[keys_of > 1].index)
+    return [
+        f"{label} [{_identity_tag(key)}]" if label in shared else label
+        for label, key in zip(cells["method"], cells["_key_method"], strict=True)
+    ]
+
+
+def _identity_tag(key: str) -> str:
+    """8 hex digits naming a method's identity: its file's sha256 when it has one."""
+    try:
+        options = json.loads(key).get("options", {})
+    except (ValueError, AttributeError):
+        options = {}
+    sha256 = options.get("sha256") if isinstance(options, dict) else None
+    if isinstance(sha256, str) and sha256:
+        return f"sha256 {sha256[:8]}"
+    return hashlib.sha256(key.encode()).hexdigest()[:8]
 
 
 def _threat(record: dict[str, Any]) -> str | None:
@@ -455,13 +484,18 @@ def board_markdown(board: pd.DataFrame, rank_by: str = "mean") -> str:
 def write_board(board: pd.DataFrame, out: str | Path, rank_by: str = "mean") -> list[Path]:
     """Write ``NAME.csv`` (long), ``NAME.pivot.csv`` and ``NAME.md`` beside ``out``, atomically."""
     out = Path(out)
-    if out.suffix != ".csv":
-        raise UebenchError(f"leaderboard output must end in .csv, got {out}")
+    check_board_path(out)
     pivot_path = out.with_name(out.stem + ".pivot.csv")
     markdown_path = out.with_suffix(".md")
-    long_text = public_columns(board).to_csv(index=False, float_format="%.4g")
-    pivot_text = pivot(board, rank_by=rank_by).to_csv(index=False, float_format="%.4g")
     markdown = board_markdown(board, rank_by) + "\n"
-    for path, text in ((out, long_text), (pivot_path, pivot_text), (markdown_path, markdown)):
-        atomic_write(path, lambda stream, text=text: stream.write(text), mode="w")
+    write_csv(out, public_columns(board), float_format="%.4g")
+    write_csv(pivot_path, pivot(board, rank_by=rank_by), float_format="%.4g")
+    atomic_write(markdown_path, lambda stream: stream.write(markdown), mode="w")
     return [out, pivot_path, markdown_path]
+
+
+def check_board_path(out: Path) -> None:
+    """Refuse, before any record is read, a leaderboard output that cannot be written."""
+    if out.suffix != ".csv":
+        raise UebenchError(f"leaderboard output must end in .csv, got {out}")
+    check_writable("leaderboard -o", out.parent)

@@ -26,7 +26,9 @@ import tomllib
 
 from uebench.baseline import chance_level, near_chance
 from uebench.errors import UebenchError
+from uebench.files import os_error_line
 from uebench.grid.protocols import protocol_names, resolve_protocol
+from uebench.records import ACCURACY_METRICS
 from uebench.results.leaderboard import NEAR_CHANCE_STATUS, spec_key
 from uebench.spec import parse_spec
 
@@ -187,8 +189,8 @@ def read_reference_file(path: str | Path) -> list[Reference]:
         raise UebenchError(f"reference file {path} must end in {', '.join(SUFFIXES)}")
     try:
         text = path.read_text()
-    except OSError as error:
-        raise UebenchError(f"cannot read reference file {path}: {error.strerror}") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise UebenchError(f"reference file: {os_error_line(error, path, 'reading')}") from None
     defaults: dict[str, Any] = {}
     if path.suffix == ".csv":
         rows = _csv_rows(path, text)
@@ -344,9 +346,14 @@ def match_cells(reference: Reference, cells: pd.DataFrame) -> pd.DataFrame:
     """The measured cells (rows of :func:`uebench.results.leaderboard.cells_frame`) a reference
     is about:
     same dataset, method, countermeasure and arch (in canonical form), the reference's epochs
-    and sizes when it states them, and a number for its metric."""
-    if cells.empty or reference.metric not in cells.columns:
-        return cells.iloc[0:0]
+    and sizes when it states them, and a number for its metric.
+
+    A reference whose setting was measured but whose metric none of those cells has (neither
+    an accuracy column nor a note their countermeasure records) is an error, not "not
+    measured": a typo in a reference file must not pass as a check that was never made.
+    """
+    if cells.empty:
+        return cells
     keep = pd.Series(True, index=cells.index)
     for key, value in reference.keys().items():
         keep &= cells[key] == value
@@ -354,8 +361,30 @@ def match_cells(reference: Reference, cells: pd.DataFrame) -> pd.DataFrame:
         wanted = getattr(reference, key)
         if wanted is not None:
             keep &= cells[key] == wanted
+    if reference.metric not in cells.columns:
+        if keep.any() and reference.metric not in ACCURACY_METRICS:
+            known = [*ACCURACY_METRICS, *_note_columns(cells[keep])]
+            raise UebenchError(
+                f"reference {reference.name} ({reference.file}): metric {reference.metric!r} is "
+                f"no column of the cells it is about; they have {', '.join(known)}"
+            )
+        return cells.iloc[0:0]
     keep &= cells[reference.metric].notna()
     return cells[keep]
+
+
+def _note_columns(cells: pd.DataFrame) -> list[str]:
+    """The numeric countermeasure notes some of ``cells`` record (``rate``, ...)."""
+    fixed = {"seed", "epochs", "train_size", "test_size", "num_classes", "separability"}
+    return [
+        column
+        for column in cells.columns
+        if not column.startswith("_")
+        and column not in fixed
+        and column not in ACCURACY_METRICS
+        and pd.api.types.is_numeric_dtype(cells[column])
+        and cells[column].notna().any()
+    ]
 
 
 @dataclass(frozen=True)
