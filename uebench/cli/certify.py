@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from uebench.certify import DEFAULT_ETAS, certify_model, save_certificate
+from uebench.cli.plugins import add_plugin_flag, require_record_plugins
 from uebench.data import ImageData
 from uebench.datasets import load_dataset
 from uebench.errors import UebenchError
@@ -80,6 +81,7 @@ def register(commands: Any) -> None:
     parser.add_argument("--out", help="folder for the json/csv/png (default: with the run)")
     parser.add_argument("--no-plot", action="store_true", help="skip the png")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_plugin_flag(parser)
     parser.set_defaults(handler=_certify)
 
 
@@ -152,6 +154,7 @@ def cell_target(path: Path, which: str = "victim", test_size: int | None = None)
         cell_id = record["cell_id"]
     except (OSError, ValueError, KeyError, TypeError):
         raise UebenchError(f"{path} is not a uebench cell record") from None
+    require_record_plugins(record)
     data = load_cell_data(
         config["dataset"],
         config.get("data_root"),

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from uebench.cli.plugins import add_plugin_flag, require_record_plugins
 from uebench.data import ImageData
 from uebench.errors import UebenchError
 from uebench.files import atomic_write
@@ -48,6 +49,7 @@ def register(commands: Any) -> None:
     parser.add_argument("--format", choices=["png", "npz"], default="png", help="default png")
     parser.add_argument("--force", action="store_true", help="replace OUT if it exists")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_plugin_flag(parser)
     parser.set_defaults(handler=_export)
 
 
@@ -89,6 +91,7 @@ def read_record(path: Path) -> dict[str, Any]:
 def cell_poison_of(record: dict[str, Any], progress: bool = True) -> tuple[ImageData, Poison]:
     """The cell's data and the poison it trained on (``classes=`` applied), from the poison
     cache or crafted again there, refused unless its hash is the one the record cites."""
+    require_record_plugins(record)
     config = record["config"]
     names = {f.name for f in fields(Cell)} - {"train"}
     try:
