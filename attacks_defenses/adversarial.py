@@ -36,6 +36,10 @@ class AdversarialTraining(Countermeasure):
         self._attack: torchattacks.PGD | None = None
         self._model: nn.Module | None = None
 
+    def cost_factor(self) -> float:
+        """Each step adds ``steps`` PGD passes (forward and backward) to the training pass."""
+        return 1.0 + self.steps
+
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if y.dim() != 1:
             raise UebenchError("advtrain needs hard labels; it cannot follow mixup or cutmix")

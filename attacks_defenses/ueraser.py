@@ -82,6 +82,11 @@ class UEraser(Countermeasure):
         # Until the trainer says otherwise, the first epoch of one (adversarial if any share is).
         self.adversarial = self.repeats > 1 and self.adv_fraction > 0
 
+    def cost_factor(self) -> float:
+        """In its adversarial share of the epochs each step adds ``repeats`` forward passes
+        (about a third of a training pass each) to pick the hardest draw."""
+        return 1.0 + (self.adv_fraction * self.repeats / 3 if self.repeats > 1 else 0.0)
+
     def on_epoch_start(self, epoch: int, epochs: int) -> None:
         adversarial_epochs = math.ceil(self.adv_fraction * epochs)
         self.adversarial = self.repeats > 1 and epoch <= adversarial_epochs

@@ -17,6 +17,7 @@ from uebench.crafting import craft_autocast, start_crafting
 from uebench.data import ImageData
 from uebench.method import CraftContext, Method, check_eps, check_fraction
 from uebench.poison import Poison
+from uebench.training import TrainConfig
 
 
 class ErrorMaximizing(Method):
@@ -50,6 +51,13 @@ class ErrorMaximizing(Method):
         self.source_epochs = source_epochs
         self.batch_size = batch_size
         self.seed = seed
+
+    def crafting_passes(self, train_size: int, train: TrainConfig) -> tuple[float, float]:
+        """The source trained as the victim is (its epochs over the training set), then
+        ``steps`` PGD steps over the crafting subset."""
+        epochs = self.source_epochs or train.epochs
+        passes = epochs * train_size + self.steps * round(self.subset * train_size)
+        return passes, passes
 
     def craft(self, data: ImageData, ctx: CraftContext) -> Poison:
         epochs = self.source_epochs or ctx.train_config.epochs

@@ -34,6 +34,7 @@ from uebench.data import ImageData
 from uebench.errors import UebenchError
 from uebench.method import CraftContext, Method, check_eps, check_fraction
 from uebench.poison import Poison, Surrogate
+from uebench.training import TrainConfig
 
 
 class ErrorMinimizing(Method):
@@ -80,6 +81,20 @@ class ErrorMinimizing(Method):
         self.seed = seed
         if self.steps < 1 or self.model_steps < 0 or self.max_rounds < 1:
             raise UebenchError("emin needs steps >= 1, model_steps >= 0 and max_rounds >= 1")
+
+    def crafting_passes(self, train_size: int, train: TrainConfig) -> tuple[float, float]:
+        """From one plain round to ``max_rounds`` rounds (the loop stops once the error is
+        below ``stop_error``); a round is ``model_steps`` source steps of a batch, ``steps``
+        noise steps over the crafting subset and a forward pass over it to measure the error
+        (a third of a forward-and-backward pass)."""
+        crafting = round(self.subset * train_size)
+        first = ErrorMinimizing._round_passes(self, crafting)
+        return first, self.max_rounds * self._round_passes(crafting)
+
+    def _round_passes(self, crafting: int) -> float:
+        """Image passes of one round over a crafting subset of ``crafting`` images (at most:
+        a variant may count its costliest round)."""
+        return self.model_steps * self.batch_size + crafting * (self.steps + 1 / 3)
 
     def _source_steps(self, opening: CraftingStart, model: nn.Module) -> SourceModelSteps:
         """The source model's SGD steps; ``model`` is the source as crafting sees it."""

@@ -100,6 +100,12 @@ class ProvablyUnlearnable(ErrorMinimizing):
         """The weight-noise levels σ_j = j·Δ, j = 0..J."""
         return tuple(j * self.sigma_step for j in range(self.levels + 1))
 
+    def _round_passes(self, crafting: int) -> float:
+        # With the weight perturbations on (the costliest round), a source step takes 1 + J·M
+        # passes and a noise step 1 + J·u (σ = 0 is one pass).
+        model = self.model_steps * self.batch_size * (1 + self.levels * self.draws)
+        return model + crafting * (self.steps * (1 + self.levels * self.noise_draws) + 1 / 3)
+
     def _source_steps(self, opening: CraftingStart, model: nn.Module) -> SourceModelSteps:
         # Separate streams for the surrogate's and the noise's draws keep each reproducible
         # whatever the other consumes.

@@ -40,7 +40,7 @@ from uebench.data import ImageData
 from uebench.errors import UebenchError
 from uebench.method import CraftContext, Method, check_eps
 from uebench.poison import Poison, Surrogate
-from uebench.training import standard_augmentation
+from uebench.training import TrainConfig, standard_augmentation
 
 #: Source steps between progress-bar loss readings.
 PROGRESS_EVERY = 25
@@ -101,6 +101,18 @@ class RobustErrorMinimizing(Method):
         self.source = source
         self.augment = augment
         self.seed = seed
+
+    def crafting_passes(self, train_size: int, train: TrainConfig) -> tuple[float, float]:
+        """``train_steps`` source steps, each on the adversary's examples (``rho_steps``
+        passes and the step), the batch's noise re-crafted every ``perturb_every`` steps, and
+        the whole set's noise once more at the end; crafting one image's noise takes
+        ``steps`` × ``samples`` × (1 + ``rho_steps``) passes."""
+        inner = self.rho_steps if self.rho > 0 else 0  # no adversary at ρ = 0
+        noise = self.steps * self.samples * (1 + inner)
+        crafted_batches = self.train_steps // self.perturb_every
+        source = self.batch_size * (self.train_steps * (1 + inner) + crafted_batches * noise)
+        passes = source + train_size * noise
+        return passes, passes
 
     def adversary(self, model: nn.Module) -> Adversary | None:
         """The inner maximization: L∞ PGD of radius ρ against ``model`` (None when ρ or its

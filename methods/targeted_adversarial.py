@@ -58,7 +58,7 @@ from uebench.errors import UebenchError
 from uebench.method import CraftContext, Method, check_eps
 from uebench.poison import Poison, Surrogate
 from uebench.registry import ARCHS
-from uebench.training import accuracy, fit_to_training_images
+from uebench.training import TrainConfig, accuracy, fit_to_training_images
 from uebench.training import autocast as training_precision
 
 #: A target rate (fraction) below this is reported: the official attack reaches most targets.
@@ -161,6 +161,15 @@ class TargetedAdversarialPoisoning(Method):
             )
         self.source_recipe = source_recipe
         self.seed = seed
+
+    def crafting_passes(self, train_size: int, train: TrainConfig) -> tuple[float, float]:
+        """The source's training (the victim's epochs, or the official recipe's 40), then each
+        restart's ``steps`` PGD steps over the training set and its scoring forward pass."""
+        epochs = self.source_epochs
+        if epochs is None:
+            epochs = OFFICIAL_SOURCE_EPOCHS if self.source_recipe == "official" else train.epochs
+        passes = epochs * train_size + self.restarts * train_size * (self.steps + 1 / 3)
+        return passes, passes
 
     def craft(self, data: ImageData, ctx: CraftContext) -> Poison:
         if data.num_classes < 2:

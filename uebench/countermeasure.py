@@ -14,6 +14,7 @@ Every hook is a no-op by default, so a plugin overrides only what it changes:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -101,6 +102,17 @@ class Countermeasure:
     def overrides(self, hook: str) -> bool:
         return getattr(type(self), hook) is not getattr(Countermeasure, hook)
 
+    def cost_factor(self) -> float:
+        """How many times the compute of a standard training step one step under this
+        countermeasure takes, for the cost estimate a grid prints before it starts.
+
+        1.0 (the default) for countermeasures that change the data or the batch at little cost;
+        adversarial training with K PGD steps costs about 1 + K (each step is a forward and
+        backward pass); a countermeasure with forward-only extra passes counts each as about a
+        third of one.
+        """
+        return 1.0
+
 
 class Composed(Countermeasure):
     """Several countermeasures applied in the order written; one ``perturb``/``select`` each."""
@@ -149,6 +161,10 @@ class Composed(Countermeasure):
 
     def overrides(self, hook: str) -> bool:
         return any(part.overrides(hook) for part in self.parts)
+
+    def cost_factor(self) -> float:
+        """The parts' factors multiplied: each part's extra work applies to every step."""
+        return math.prod(part.cost_factor() for part in self.parts)
 
 
 def build_countermeasure(text: str) -> Countermeasure:

@@ -14,8 +14,8 @@ import json
 from typing import Any
 
 from uebench import precision
-from uebench.registry import METHODS, REGISTRIES
-from uebench.version import plugin_code, plugin_provenance
+from uebench.registry import METHODS, REGISTRIES, Registry, factory_path
+from uebench.version import is_builtin, plugin_code, plugin_provenance
 
 #: Method options that hold another plugin's spec, canonicalized inside a method's identity.
 NESTED_SPECS = {"source": "archs"}
@@ -38,8 +38,9 @@ def plugin_identity(kind: str, spec: str) -> dict[str, Any]:
     """
     if kind == "methods":
         return method_identity(spec)
-    resolved = REGISTRIES[kind].resolve(spec)
-    return _with_code(resolved.canonical(), resolved.factory)
+    registry = REGISTRIES[kind]
+    resolved = registry.resolve(spec)
+    return _with_code(resolved.canonical(), resolved.factory, registry)
 
 
 def countermeasure_identity(spec: str) -> list[dict[str, Any]]:
@@ -57,7 +58,7 @@ def method_identity(spec: str, *, crafting: bool = False) -> dict[str, Any]:
     resolved = METHODS.resolve(spec)
     if crafting:
         resolved = resolved.without_common()
-    canonical = _with_code(resolved.canonical(), resolved.factory)
+    canonical = _with_code(resolved.canonical(), resolved.factory, METHODS)
     # A method whose result depends on more than its options (``file``: the file's content)
     # says so here; no other method has the hook, so their identities are unchanged.
     identify = getattr(resolved.factory, "identity_options", None)
@@ -78,7 +79,18 @@ def nested_specs(factory: Any) -> dict[str, str]:
     return {**NESTED_SPECS, **getattr(factory, "nested_specs", {})}
 
 
-def _with_code(canonical: dict[str, Any], factory: Any) -> dict[str, Any]:
+def nested_method_specs(spec: str) -> list[str]:
+    """Method specs a method's options name (``mix``'s parts), recursively, outermost first."""
+    resolved = METHODS.resolve(spec)
+    found: list[str] = []
+    for option, kind in nested_specs(resolved.factory).items():
+        value = resolved.options.get(option)
+        if kind == "methods" and isinstance(value, str):
+            found += [value, *nested_method_specs(value)]
+    return found
+
+
+def _with_code(canonical: dict[str, Any], factory: Any, registry: Registry) -> dict[str, Any]:
     # Options a plugin gained after its configurations were recorded (``late_options``: name
     # -> default) stay out of its identity at their default, so old cell ids and keys hold.
     for name, default in getattr(factory, "late_options", {}).items():
@@ -86,7 +98,12 @@ def _with_code(canonical: dict[str, Any], factory: Any) -> dict[str, Any]:
             canonical = {**canonical, "options": dict(canonical["options"])}
             del canonical["options"][name]
     code = plugin_code(factory)
-    return {**canonical, "code": code} if code is not None else canonical
+    if code is not None:
+        canonical = {**canonical, "code": code}
+    # A plugin registered over another of its name (--plugin-override) never shares the
+    # replaced one's cells, even when both are uebench's own code.
+    replaced = registry.overridden(canonical["name"])
+    return {**canonical, "overrides": replaced} if replaced is not None else canonical
 
 
 def spec_plugins(kind: str, spec: str) -> list[dict[str, Any]]:
@@ -96,16 +113,23 @@ def spec_plugins(kind: str, spec: str) -> list[dict[str, Any]]:
     :func:`uebench.version.plugin_provenance` (distribution, version, origin, source hash).
     """
     found: list[dict[str, Any]] = []
+    registry = REGISTRIES[kind]
     for part in spec.split("+") if kind == "defenses" else [spec]:
-        resolved = REGISTRIES[kind].resolve(part)
-        found.append(
-            {
-                "kind": kind,
-                "name": resolved.spec.name,
-                "spec": part,
-                **plugin_provenance(resolved.factory),
-            }
-        )
+        resolved = registry.resolve(part)
+        entry = {
+            "kind": kind,
+            "name": resolved.spec.name,
+            "spec": part,
+            **plugin_provenance(resolved.factory),
+        }
+        if not is_builtin(resolved.factory):
+            # What `--plugin NAME=module:Class` names, so a user can rebuild the cell (export);
+            # code named in a record is never imported automatically.
+            entry["factory"] = factory_path(resolved.factory)
+        replaced = registry.overridden(resolved.spec.name)
+        if replaced is not None:
+            entry["overrides"] = replaced
+        found.append(entry)
         if kind == "methods":
             for key, nested_kind in nested_specs(resolved.factory).items():
                 value = resolved.options.get(key)
@@ -132,17 +156,25 @@ def source_key(
 
 def poison_key(method: str, data_fingerprint: str, train_config: dict[str, Any] | None) -> str:
     """The cache key of ``method``'s poison on a dataset; the victim's training config joins it
-    only for methods that train a source model with it (``uses_victim_training``), the
+    only for methods that train a source model with it or build on one that does
+    (:func:`uses_victim_training`), the
     crafting precision only for methods that craft by gradient (``crafts_by_gradient``)."""
     factory = METHODS.resolve(method).factory
-    uses_training = getattr(factory, "uses_victim_training", False)
     parts = {
         "method": method_identity(method, crafting=True),
         "data": data_fingerprint,
-        "train": train_config if uses_training else None,
+        "train": train_config if uses_victim_training(method) else None,
     }
     if getattr(factory, "crafts_by_gradient", False):
         # Only gradient-crafted poisons changed when crafting left bf16 (issue 19): others
         # keep their keys.  Read at call time: the precision is a setting of the crafting module.
         parts["craft_precision"] = precision.CRAFT_PRECISION
     return cache_key(parts)
+
+
+def uses_victim_training(method: str) -> bool:
+    """Whether ``method``'s poison depends on the victim's training settings: it declares
+    ``uses_victim_training``, or a method it builds on (``mix``'s parts, ``transfer``'s
+    method) does, so a composite of such a method is never reused under other settings."""
+    specs = [method, *nested_method_specs(method)]
+    return any(getattr(METHODS.resolve(s).factory, "uses_victim_training", False) for s in specs)

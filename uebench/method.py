@@ -8,8 +8,8 @@ it runs; everything a method needs from the harness comes through :class:`CraftC
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import torch
@@ -29,17 +29,49 @@ from uebench.training import TrainConfig
 T = TypeVar("T")
 
 
-@dataclass
 class CraftContext:
     """What the harness lends a method: device, the victim's training config, progress bars,
     the poison cache (and the trained source models beside it) and how models run
-    (:mod:`uebench.execution`)."""
+    (:mod:`uebench.execution`).
 
-    device: torch.device
-    train_config: TrainConfig = field(default_factory=TrainConfig)
-    progress: bool = True
-    cache: PoisonCache | None = None
-    execution: Execution = field(default_factory=Execution)
+    ``train_config`` is the victim's training settings.  A method reads it only when it
+    declares ``uses_victim_training = True`` (which puts those settings into its poison's cache
+    key); the context a method that does not declare it is handed (:meth:`for_method`) refuses
+    the read, so its poison can never be reused under training settings it depended on.
+    """
+
+    def __init__(
+        self,
+        device: torch.device,
+        train_config: TrainConfig | None = None,
+        progress: bool = True,
+        cache: PoisonCache | None = None,
+        execution: Execution | None = None,
+    ) -> None:
+        self.device = device
+        self.progress = progress
+        self.cache = cache
+        self.execution = execution if execution is not None else Execution()
+        self._train_config = train_config if train_config is not None else TrainConfig()
+        self._undeclared: str | None = None  # the spec of a method that may not read it
+
+    @property
+    def train_config(self) -> TrainConfig:
+        """The victim's training settings (only for methods declaring uses_victim_training)."""
+        if self._undeclared is not None:
+            raise UebenchError(
+                f"method {self._undeclared!r} reads the victim's training settings "
+                "(ctx.train_config) without declaring uses_victim_training = True; declare it, "
+                "so that its poison is keyed by those settings and not reused under others"
+            )
+        return self._train_config
+
+    def for_method(self, method: Any, spec: str) -> CraftContext:
+        """This context as ``method`` (crafting ``spec``) may use it: ``train_config`` only
+        when the method declares ``uses_victim_training``."""
+        view = copy.copy(self)
+        view._undeclared = None if getattr(method, "uses_victim_training", False) else spec
+        return view
 
     def craft(self, method: str, data: ImageData) -> Poison:
         """Another method's poison for ``data`` (through the cache when there is one).
@@ -52,7 +84,7 @@ class CraftContext:
         )
         if self.cache is None:
             return build()
-        key = poison_key(method, data.fingerprint(), self.train_config.as_dict())
+        key = poison_key(method, data.fingerprint(), self._train_config.as_dict())
         poison = self.cache.get_or_craft(key, build)
         check_cache_hit(poison, method, self.cache, key)
         return poison
@@ -103,6 +135,20 @@ class Method:
     def craft(self, data: ImageData, ctx: CraftContext) -> Poison:
         raise NotImplementedError
 
+    def crafting_passes(self, train_size: int, train: TrainConfig) -> tuple[float, float]:
+        """About how many forward-and-backward passes over single images crafting takes on a
+        training set of ``train_size`` images (a batch of B images counts B), as the fewest
+        and the most, for the cost estimate a grid prints before it starts
+        (:mod:`uebench.grid.estimate`).
+
+        Crafting that stops once it is good enough (error-minimizing noise below its
+        ``stop_error``) gives one round and its ``max_rounds``; crafting of a fixed cost gives
+        one number twice.  ``train`` is the victim's training settings, for methods that train
+        a source model with them.  The default, (0, 0), says crafting costs little beside
+        training (noise drawn at random or computed in one pass).
+        """
+        return 0.0, 0.0
+
     def threat_model(self) -> ThreatModel | None:
         """The budget every poison this method crafts keeps to; the harness checks it.
 
@@ -125,7 +171,7 @@ def craft_within_threat(method: Method, data: ImageData, ctx: CraftContext, spec
     declares, so a method cannot claim L∞ 8/255 and hand back L∞ 16/255 or an L2 poison.
     """
     try:
-        poison = method.craft(data, ctx)
+        poison = method.craft(data, ctx.for_method(method, spec))
     except UebenchError as error:
         # Poison's own checks (NaN noise, rows out of range, a row over its budget) do not
         # know which method made it; the user needs to.  A file fault (disk full writing a

@@ -47,6 +47,15 @@ class Resolved:
         return Resolved(self.spec, self.factory, own)
 
 
+def factory_path(factory: Callable[..., Any]) -> str:
+    """``module:qualified.name`` of a plugin's factory, as a record or a message names it."""
+    target = factory
+    while isinstance(target, functools.partial):
+        target = target.func
+    module = getattr(target, "__module__", None) or "?"
+    return f"{module}:{getattr(target, '__qualname__', type(target).__name__)}"
+
+
 def _jsonable(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _jsonable(v) for k, v in sorted(value.items())}
@@ -88,6 +97,9 @@ class Registry:
         self.group = group
         self.kind = kind
         self._extra: dict[str, Callable[..., Any]] = {}
+        # Names whose registration replaced another plugin on purpose: name -> what it replaced
+        # (``module:attribute``), for identities and records (a shadow is never silent).
+        self._overrides: dict[str, str] = {}
         # Options every plugin of this kind accepts, handled by the harness: name → (type, default)
         self.common = common or {}
 
@@ -98,9 +110,34 @@ class Registry:
         """Every registered name, sorted."""
         return sorted(set(self._entry_points()) | set(self._extra))
 
-    def register(self, name: str, factory: Callable[..., Any]) -> None:
-        """Register a plugin at run time (notebooks, tests); entry points are the usual way."""
+    def register(self, name: str, factory: Callable[..., Any], *, override: bool = False) -> None:
+        """Register a plugin at run time (``--plugin``, notebooks, tests); entry points are the
+        usual way.
+
+        A name that is registered already (an installed plugin, or another factory registered
+        at run time) is a one-line error unless ``override`` is given; an override is then
+        remembered (:meth:`overridden`), joins the plugin's identity and is named in records.
+        Registering the same factory again changes nothing.
+        """
+        current = self._extra.get(name)
+        if current is factory:
+            return
+        entry = self._entry_points().get(name)
+        replaced = factory_path(current) if current is not None else entry.value if entry else None
+        if replaced is not None:
+            if not override:
+                raise UebenchError(
+                    f"{self.kind} {name!r} is registered already ({replaced}); pick another "
+                    "name, or replace it explicitly (--plugin-override; in Python override=True)"
+                )
+            self._overrides.setdefault(name, replaced)
+        else:
+            self._overrides.pop(name, None)  # a stale note of an earlier, removed override
         self._extra[name] = factory
+
+    def overridden(self, name: str) -> str | None:
+        """What a run-time registration of ``name`` replaced (``module:attribute``), or None."""
+        return self._overrides.get(name) if name in self._extra else None
 
     def get(self, name: str) -> Callable[..., Any]:
         """The factory registered as ``name``; unknown names list the valid ones."""
@@ -109,7 +146,9 @@ class Registry:
         found = self._entry_points().get(name)
         if found is None:
             raise UebenchError(
-                f"unknown {self.kind} {name!r}; valid: {', '.join(self.names()) or '(none)'}"
+                f"unknown {self.kind} {name!r}; valid: {', '.join(self.names()) or '(none)'} "
+                f"(plugins come from installed packages' {self.group!r} entry points, "
+                f"--plugin {name}=module:Class, or UEBENCH_PLUGINS; docs/plugins.md)"
             )
         try:
             return found.load()

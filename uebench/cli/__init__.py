@@ -2,7 +2,9 @@
 of :data:`COMMAND_MODULES`.
 
 A command module has one function, ``register(commands)``, that adds its subparser to
-``commands`` (an argparse sub-parsers object) and sets ``handler=<function(args)>`` on it.
+``commands`` (an argparse sub-parsers object) and sets ``handler=<function(args)>`` on it.  A
+command that builds plugins adds ``--plugin`` with :func:`uebench.cli.plugins.add_plugin_flag`;
+:func:`main` registers them before the handler runs.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from uebench.cli.plugins import add_plugin_flag, register_plugins
 from uebench.errors import UebenchError
 from uebench.grid import GridConfig, run_grid, summary
 from uebench.grid.config import add_run_flags, run_values
@@ -53,11 +56,13 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run a method × countermeasure × arch × seed grid")
     add_run_flags(run)
+    add_plugin_flag(run)
     run.set_defaults(handler=_run)
     listing = commands.add_parser("list", help="list registered plugins and their options")
     listing.add_argument(
         "kind", nargs="?", choices=[*sorted(REGISTRIES), "protocols"], help="which registry"
     )
+    add_plugin_flag(listing)
     listing.set_defaults(handler=lambda args: _list(args.kind))
     for module in COMMAND_MODULES:
         importlib.import_module(module).register(commands)
@@ -175,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _handle(args: argparse.Namespace) -> int:
     try:
+        register_plugins(args)  # a command with --plugin: its plugins, before any work
         args.handler(args)
     except UebenchError as error:
         if args.debug or os.environ.get("UEBENCH_DEBUG", "").lower() in {"1", "true", "yes"}:

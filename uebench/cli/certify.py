@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from uebench.certify import DEFAULT_ETAS, certify_model, save_certificate
+from uebench.cli.plugins import add_plugin_flag, require_record_plugins
 from uebench.data import ImageData
 from uebench.datasets import load_dataset
 from uebench.errors import UebenchError
@@ -80,6 +81,7 @@ def register(commands: Any) -> None:
     parser.add_argument("--out", help="folder for the json/csv/png (default: with the run)")
     parser.add_argument("--no-plot", action="store_true", help="skip the png")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_plugin_flag(parser)
     parser.set_defaults(handler=_certify)
 
 
@@ -147,6 +149,7 @@ def _folder_hint(folder: Path) -> str:
 def cell_target(path: Path, which: str = "victim", test_size: int | None = None) -> Target:
     """A grid cell's saved victim (``which="victim"``) or its poison's crafting surrogate."""
     record = read_record(path, for_export=True)  # one line naming the file if malformed
+    require_record_plugins(record)
     config, cell_id = record["config"], record["cell_id"]
     data = load_cell_data(
         config["dataset"],

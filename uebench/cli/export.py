@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from uebench.cli.plugins import add_plugin_flag, require_record_plugins
 from uebench.data import ImageData
 from uebench.errors import UebenchError
 from uebench.files import (
@@ -67,6 +68,7 @@ def register(commands: Any) -> None:
     )
     parser.add_argument("--data-root", help="folder holding the dataset files (as for run)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_plugin_flag(parser)
     parser.set_defaults(handler=_export)
 
 
@@ -186,6 +188,7 @@ def cell_poison_of(
     Only the record's settings are read from it; every place (cache, data root) comes from
     the caller.
     """
+    require_record_plugins(record)
     config = record["config"]
     names = {f.name for f in fields(Cell)} - {"train", "cache_dir", "data_root"}
     try:

@@ -33,7 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,6 +56,7 @@ from uebench.grid.cell import (
     run_cell,
 )
 from uebench.grid.config import GridConfig
+from uebench.grid.estimate import announce_grid
 from uebench.grid.outcome import (
     CellsFailed,
     failure_line,
@@ -65,10 +66,11 @@ from uebench.grid.outcome import (
 )
 from uebench.grid.store import ResultStore
 from uebench.grid.threads import torch_threads
-from uebench.identity import NESTED_SPECS, poison_key
+from uebench.identity import nested_method_specs, poison_key
 from uebench.method import CraftContext, check_cache_hit
+from uebench.plugin_loader import plugin_modules
 from uebench.poison import Poison
-from uebench.registry import METHODS, REGISTRIES
+from uebench.registry import REGISTRIES
 from uebench.training import resolve_device
 from uebench.version import code_version
 
@@ -134,10 +136,25 @@ def _runtime_plugins() -> dict[str, dict[str, Callable[..., Any]]]:
     return {kind: dict(registry._extra) for kind, registry in REGISTRIES.items() if registry._extra}
 
 
+@contextlib.contextmanager
+def _shipped_by_value(ray: Any, modules: list[str]) -> Iterator[None]:
+    """Pickle the code of ``modules`` (those ``--plugin`` imported) by value meanwhile: a
+    worker then needs no copy of a plugin the driver found in its current folder."""
+    shipped = [sys.modules[name] for name in modules if name in sys.modules]
+    for module in shipped:
+        ray.cloudpickle.register_pickle_by_value(module)
+    try:
+        yield
+    finally:
+        for module in shipped:
+            ray.cloudpickle.unregister_pickle_by_value(module)
+
+
 def _install(plugins: dict[str, dict[str, Callable[..., Any]]]) -> None:
+    # The worker mirrors the driver's registries as they are (overrides included, which the
+    # driver has checked); a reused worker process gets each task's copy anew.
     for kind, factories in plugins.items():
-        for name, factory in factories.items():
-            REGISTRIES[kind].register(name, factory)
+        REGISTRIES[kind]._extra.update(factories)
 
 
 class _HandedOverCache(PoisonCache):
@@ -244,18 +261,6 @@ def _started_tracker() -> type:
             return self.ids
 
     return StartedCells
-
-
-def nested_method_specs(spec: str) -> list[str]:
-    """Method specs a method's options name (``mix``'s parts), recursively, outermost first."""
-    resolved = METHODS.resolve(spec)
-    kinds = {**NESTED_SPECS, **getattr(resolved.factory, "nested_specs", {})}
-    found: list[str] = []
-    for option, kind in kinds.items():
-        value = resolved.options.get(option)
-        if kind == "methods" and isinstance(value, str):
-            found += [value, *nested_method_specs(value)]
-    return found
 
 
 def _connect(ray: Any, config: GridConfig) -> bool:
@@ -426,6 +431,7 @@ def run_grid_ray(config: GridConfig) -> pd.DataFrame:
     if not todo:
         store.write_csv()
         return grid_table(store, cells)
+    announce_grid(config, todo, None, tqdm.write, lambda line: tqdm.write(line, file=sys.stderr))
     pending: dict[Any, Any] = {}
     started_here = False
     guard = None
@@ -554,7 +560,9 @@ def _run(
     run = ray.remote(cell_task).options(**options)
     # The tracker only feeds the bar; without one it would still cost a worker process.
     tracker = ray.remote(num_cpus=0)(_started_tracker()).remote() if config.progress else None
-    plan = _Plan(ray, todo, resources, ray.put(_runtime_plugins()), craft)
+    with _shipped_by_value(ray, plugin_modules()):
+        plugins_ref = ray.put(_runtime_plugins())
+    plan = _Plan(ray, todo, resources, plugins_ref, craft)
     if config.progress:
         tqdm.write(
             f"uebench: {len(todo)} cell(s) under protocol {todo[0].protocol!r} on Ray "

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from uebench.errors import UebenchError
 from uebench.grid.cell import Cell, run_cell
 from uebench.grid.config import GridConfig
+from uebench.grid.estimate import announce_grid
 from uebench.grid.outcome import grid_table, lost_records, vanished
 from uebench.grid.store import ResultStore
 from uebench.grid.threads import choose_threads, torch_threads
@@ -43,11 +44,11 @@ def run_local(config: GridConfig) -> pd.DataFrame:
             f"{store.root}; running {len(todo)}"
         )
     threads, why = choose_threads(config.threads)
-    if todo and config.progress:
-        tqdm.write(
-            f"uebench: {len(todo)} cell(s) under protocol {cells[0].protocol!r}; "
-            f"torch threads: {why}"
-        )
+    if todo:  # the protocol and the estimate, also under --no-progress
+        with torch_threads(threads):
+            announce_grid(config, todo, threads, tqdm.write, _warn)
+        if config.progress:
+            tqdm.write(f"uebench: torch threads: {why}")
     bar = tqdm(
         total=len(todo),
         desc="grid",
@@ -128,6 +129,10 @@ def _run_one(cell: Cell, store: ResultStore, config: GridConfig, threads: int) -
         tqdm.write(
             f"uebench: {cell.name()}: {record['final_acc']:.1f}% ({record['wall_time_s']:.0f} s)"
         )
+
+
+def _warn(line: str) -> None:
+    tqdm.write(line, file=sys.stderr)
 
 
 def _holders(store: ResultStore, cells: list[Cell]) -> str:
