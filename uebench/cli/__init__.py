@@ -18,6 +18,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from uebench.benchmark.suites import describe_suites
 from uebench.errors import UebenchError
 from uebench.grid import GridConfig, run_grid, summary
 from uebench.grid.config import add_run_flags, run_values
@@ -36,6 +37,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "uebench.cli.certify",
     "uebench.cli.board",
     "uebench.cli.export",
+    "uebench.cli.bench",
 )
 
 
@@ -54,7 +56,10 @@ def _parser() -> argparse.ArgumentParser:
     run.set_defaults(handler=_run)
     listing = commands.add_parser("list", help="list registered plugins and their options")
     listing.add_argument(
-        "kind", nargs="?", choices=[*sorted(REGISTRIES), "protocols"], help="which registry"
+        "kind",
+        nargs="?",
+        choices=[*sorted(REGISTRIES), "protocols", "suites"],
+        help="which registry",
     )
     listing.set_defaults(handler=lambda args: _list(args.kind))
     for module in COMMAND_MODULES:
@@ -79,6 +84,9 @@ def _run(args: argparse.Namespace) -> None:
 def _list(kind: str | None) -> None:
     if kind == "protocols":
         _list_protocols()
+        return
+    if kind == "suites":
+        print(describe_suites())
         return
     for name in [kind] if kind else sorted(REGISTRIES):
         registry = REGISTRIES[name]
