@@ -55,25 +55,23 @@ def field_rows(path: Path, suite: Suite, protocol: Protocol, dataset: str) -> Fi
     A row naming the suite's id with another content hash is an error: the suite was edited
     after those numbers were measured, and a changed suite must be a new version."""
     references = read_reference_file(path)
-    wanted = protocol.content_hash()
+    wanted, suite_hash = protocol.content_hash(), suite.content_hash()
     dataset_key = spec_key("dataset", dataset)
     archs = {spec_key("arch", arch): arch for arch in protocol.archs}
-    rows, skipped = [], {"suite": 0, "settings": 0, "dataset": 0}
+    rows, other_settings = [], 0
     for reference in references:
         if reference.suite != suite.id:
-            skipped["suite"] += 1
             continue
-        if reference.suite_hash != suite.content_hash():
+        if reference.suite_hash != suite_hash:
             raise UebenchError(
                 f"{path} ({reference.name}) was measured under suite {suite.id} with hash "
                 f"{reference.suite_hash or '(none)'}, but {suite.id} now hashes to "
-                f"{suite.content_hash()}: a changed suite must be a new version"
+                f"{suite_hash}: a changed suite must be a new version"
             )
         if reference.protocol_hash != wanted or spec_key("arch", reference.arch) not in archs:
-            skipped["settings"] += 1
+            other_settings += 1
             continue
         if spec_key("dataset", reference.dataset) != dataset_key or reference.metric != "final_acc":
-            skipped["dataset"] += 1
             continue
         column = _reference_column(reference, suite, protocol, dataset)
         if column is not None:
@@ -89,10 +87,10 @@ def field_rows(path: Path, suite: Suite, protocol: Protocol, dataset: str) -> Fi
                 }
             )
     notes = []
-    if skipped["settings"]:
+    if other_settings:
         notes.append(
-            f"{skipped['settings']} row(s) of {path} were measured under other settings than "
-            f"protocol {protocol.name} (hash {protocol.content_hash()}) as this bench runs it"
+            f"{other_settings} row(s) of {path} were measured under other settings than "
+            f"protocol {protocol.name} (hash {wanted}) as this bench runs it"
         )
     if not rows:
         return no_field_rows(
