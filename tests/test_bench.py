@@ -195,6 +195,7 @@ def test_the_api_benches_a_poison(bench_field, tmp_path):
         reference=bench_field["reference"],
         out=tmp_path / "poison",
         name="my noise",
+        seeds=0,
         report=False,
         **TINY_BENCH_KWARGS,
     )

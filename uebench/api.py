@@ -92,7 +92,7 @@ def bench(
     *,
     dataset: str = DEFAULT_DATASET,
     protocol: str | None = DEFAULT_PROTOCOL,
-    seeds: Sequence[int] | str = (0,),
+    seeds: Sequence[int] | int | str = (0,),
     suite: str | Path | Suite = DEFAULT_SUITE,
     out: str | Path | None = None,
     data_root: str | None = None,

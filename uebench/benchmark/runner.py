@@ -63,7 +63,7 @@ def bench_grid(
     *,
     dataset: str = DEFAULT_DATASET,
     protocol: str | None = DEFAULT_PROTOCOL,
-    seeds: Sequence[int] | str = (0,),
+    seeds: Sequence[int] | int | str = (0,),
     out: str | Path | None = None,
     **settings: Any,
 ) -> GridConfig:
@@ -73,7 +73,7 @@ def bench_grid(
     values = {
         "dataset": dataset,
         "protocol": protocol,
-        "seeds": list(seeds) if not isinstance(seeds, str) else seeds,
+        "seeds": [seeds] if isinstance(seeds, int) else seeds,
         "methods": [spec],
         "out": str(out if out is not None else default_out(spec)),
         **settings,

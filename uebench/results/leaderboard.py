@@ -368,6 +368,8 @@ def pivot(
     if suite is not None:
         worst = board_worst_case(board, suite, index)
         wide = wide.merge(worst[[*index, *SCORE_COLUMNS]], on=index, how="left")
+        if not wide["missing"].fillna("").astype(bool).any():
+            wide = wide.drop(columns=["missing"])  # every method has a score
         order = "worst_case"
     return wide.sort_values([*index[:-1], order, "method"], kind="stable").reset_index(drop=True)
 
