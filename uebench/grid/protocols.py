@@ -70,8 +70,8 @@ class Protocol:
 
     def content_hash(self) -> str:
         """A hash (16 hex digits) of every resolved value (:meth:`as_dict`, not the
-        description): two protocols with equal hashes make the same cells, so numbers measured
-        under one stand beside numbers measured under the other."""
+        description): cells made under two protocols with equal hashes ran with the same
+        settings, so their numbers stand side by side."""
         text = json.dumps(self.as_dict(), sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
