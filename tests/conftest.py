@@ -2,8 +2,11 @@
 
 import pytest
 import torch
+from tiny_cli import TINY_BENCH, TINY_SUITE
 
 import uebench.grid.runner as runner
+from uebench.benchmark.reference import write_reference
+from uebench.cli import main
 
 # The reference-regression plugin (options --uebench-results etc., the uebench_check fixture and
 # marks for reference cases).  Loaded here rather than through a pytest11 entry point so that it
@@ -55,3 +58,21 @@ def no_work(monkeypatch: pytest.MonkeyPatch) -> None:
         raise AssertionError("a cell started before the bad input was reported")
 
     monkeypatch.setattr(runner, "run_cell", refuse)
+
+
+@pytest.fixture(scope="session")
+def bench_field(tmp_path_factory) -> dict:
+    """A tiny field for the bench tests: ``clean`` and ``cuda`` under the two countermeasures of
+    :data:`tiny_cli.TINY_SUITE` at seeds 0 and 1, written as a reference file by the reference
+    writer (no marks, so the regression plugin runs its rows).  Paths: ``suite``, ``run``,
+    ``reference``."""
+    root = tmp_path_factory.mktemp("bench-field")
+    suite = root / "tiny-v1.toml"
+    suite.write_text(TINY_SUITE)
+    run = root / "field"
+    argv = ["run", *TINY_BENCH, "--methods", "clean,cuda", "--seeds", "0,1", "--no-progress"]
+    argv += ["--defenses", "none,uniform-noise:eps=64/255", "--out", str(run)]
+    assert main(argv) == 0
+    reference = root / "refs" / "uebench-mini-digits.csv"
+    write_reference([run], reference, suite, marks=())
+    return {"suite": suite, "run": run, "reference": reference}

@@ -4,13 +4,14 @@ This package's own modules are the core every folder builds on: the spec grammar
 option conversion (``options``), plugin registries (``registry``) and identities
 (``identity``), data, threat models, poisons and their cache, the method and countermeasure
 contracts, training and crafting, file handling (``files``), certification and the Python API
-(``api``: :func:`run`, :func:`load`, :func:`craft`).  ``grid/`` runs grids of cells,
-``results/`` turns their records into tables, checks and pictures, ``cli/`` is the command line;
-the built-in methods and countermeasures are installed as ``uebench.methods`` and
-``uebench.attacks_defenses``.
+(``api``: :func:`run`, :func:`load`, :func:`craft`, :func:`bench`).  ``grid/`` runs grids of
+cells, ``results/`` turns their records into tables, checks and pictures, ``benchmark/`` scores
+a method under a countermeasure suite beside the field's rows (``uebench bench``), ``cli/`` is
+the command line; the built-in methods and countermeasures are installed as ``uebench.methods``
+and ``uebench.attacks_defenses``.
 """
 
-from uebench.api import craft, load, run
+from uebench.api import bench, craft, load, run
 from uebench.certify import Certificate, certify_model
 from uebench.data import ImageData
 from uebench.errors import UebenchError
@@ -33,6 +34,7 @@ __all__ = [
     "Surrogate",
     "UebenchError",
     "__version__",
+    "bench",
     "certify_model",
     "craft",
     "load",

@@ -22,6 +22,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from uebench.benchmark.suites import describe_suites
 from uebench.cli.plugins import add_plugin_flag, register_plugins
 from uebench.errors import UebenchError
 from uebench.grid import GridConfig, run_grid, summary
@@ -41,6 +42,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "uebench.cli.certify",
     "uebench.cli.board",
     "uebench.cli.export",
+    "uebench.cli.bench",
 )
 
 
@@ -60,7 +62,10 @@ def _parser() -> argparse.ArgumentParser:
     run.set_defaults(handler=_run)
     listing = commands.add_parser("list", help="list registered plugins and their options")
     listing.add_argument(
-        "kind", nargs="?", choices=[*sorted(REGISTRIES), "protocols"], help="which registry"
+        "kind",
+        nargs="?",
+        choices=[*sorted(REGISTRIES), "protocols", "suites"],
+        help="which registry",
     )
     add_plugin_flag(listing)
     listing.set_defaults(handler=lambda args: _list(args.kind))
@@ -86,6 +91,9 @@ def _run(args: argparse.Namespace) -> None:
 def _list(kind: str | None) -> None:
     if kind == "protocols":
         _list_protocols()
+        return
+    if kind == "suites":
+        print(describe_suites())
         return
     for name in [kind] if kind else sorted(REGISTRIES):
         registry = REGISTRIES[name]

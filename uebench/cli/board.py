@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from uebench.benchmark.suites import load_suite
 from uebench.errors import UebenchError
 from uebench.files import atomic_write, check_writable, write_csv
 from uebench.results.leaderboard import (
@@ -37,6 +38,7 @@ def register(commands: Any) -> None:
         "default: print the Markdown",
     )
     _metric_options(board)
+    _suite_option(board)
     board.set_defaults(handler=_leaderboard)
 
     comparing = commands.add_parser("compare", help="measured numbers beside reported ones")
@@ -75,6 +77,7 @@ def register(commands: Any) -> None:
         help="add a comparison with this reference source; repeatable",
     )
     _metric_options(report)
+    _suite_option(report)
     report.set_defaults(handler=_report)
 
 
@@ -94,14 +97,24 @@ def _metric_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _suite_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--suite",
+        metavar="ID|FILE.toml",
+        help="add each method's worst case over this countermeasure suite (uebench list "
+        "suites) and its rank within its threat budget and overall, and sort by it",
+    )
+
+
 def _leaderboard(args: argparse.Namespace) -> None:
     if args.out is not None:  # an unwritable place is one line before any record is read
         check_board_path(Path(args.out))
+    suite = load_suite(args.suite) if args.suite else None
     board, _ = leaderboard(args.run_dirs, args.metric)
     if args.out is None:
-        print(board_markdown(board, args.rank_by))
+        print(board_markdown(board, args.rank_by, suite))
         return
-    for path in write_board(board, args.out, args.rank_by):
+    for path in write_board(board, args.out, args.rank_by, suite):
         print(f"wrote {path}")
 
 
@@ -155,5 +168,8 @@ def _report(args: argparse.Namespace) -> None:
     out = args.out or str(Path(args.run_dirs[0]) / "report")
     # A file in the way (or a read-only place) is one line before any record is read.
     check_writable("report -o", Path(out))
-    page = write_report(args.run_dirs, out, args.format, args.metric, args.rank_by, args.reference)
+    suite = load_suite(args.suite) if args.suite else None  # a typo fails before any record
+    page = write_report(
+        args.run_dirs, out, args.format, args.metric, args.rank_by, args.reference, suite
+    )
     print(f"wrote {page}")

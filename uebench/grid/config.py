@@ -6,7 +6,7 @@ import argparse
 import os
 import typing
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,7 @@ from uebench.countermeasure import build_countermeasure
 from uebench.errors import UebenchError, plugin_errors
 from uebench.files import check_writable, os_error_line
 from uebench.grid.cell import Cell
-from uebench.grid.protocols import Protocol, resolve_protocol
+from uebench.grid.protocols import GRID_KEYS, Protocol, resolve_protocol
 from uebench.identity import method_identity
 from uebench.options import convert
 from uebench.registry import ARCHS, METHODS
@@ -154,6 +154,15 @@ class GridConfig:
     def resolved_protocol(self) -> Protocol:
         """The grid's protocol (``protocol`` or the dataset's default) for its dataset."""
         return resolve_protocol(self.protocol, self.dataset)
+
+    def effective_protocol(self) -> Protocol:
+        """The grid's protocol with each grid setting given explicitly (``archs``, ``epochs``,
+        ``batch_size``, ``lr``, ``train_size``, ``test_size``) in place of its own: what the
+        cells run with, and what :meth:`Protocol.content_hash` of a result should say."""
+        given = {key: getattr(self, key) for key in GRID_KEYS if getattr(self, key) is not None}
+        if "archs" in given:
+            given["archs"] = tuple(given["archs"])
+        return replace(self.resolved_protocol(), **given)
 
     def train_config(self) -> TrainConfig:
         """The victim's training settings: explicit values, else the protocol's."""

@@ -13,6 +13,8 @@ its section for the dataset < config file < command-line flags; an option writte
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
@@ -65,6 +67,13 @@ class Protocol:
             # Only when set, so the values recorded for recipe-free protocols stay as they were.
             **({"train": dict(self.train)} if self.train else {}),
         }
+
+    def content_hash(self) -> str:
+        """A hash (16 hex digits) of every resolved value (:meth:`as_dict`, not the
+        description): cells made under two protocols with equal hashes ran with the same
+        settings, so their numbers stand side by side."""
+        text = json.dumps(self.as_dict(), sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def method_spec(self, spec: str) -> str:
         """``spec`` with the protocol's method options added where the spec leaves them unset."""

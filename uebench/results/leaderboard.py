@@ -25,6 +25,8 @@ from typing import Any
 import pandas as pd
 
 from uebench.baseline import chance_level, near_chance, near_chance_warning
+from uebench.benchmark.score import SCORE_COLUMNS, board_worst_case
+from uebench.benchmark.suites import Suite
 from uebench.errors import UebenchError
 from uebench.files import atomic_write, check_writable, write_csv
 from uebench.identity import countermeasure_identity, method_identity, plugin_identity
@@ -349,13 +351,19 @@ def _setting_columns(board: pd.DataFrame) -> list[str]:
     return ["dataset", "arch", *extra]
 
 
-def pivot(board: pd.DataFrame, rank_by: str = "mean", values: str = "mean") -> pd.DataFrame:
+def pivot(
+    board: pd.DataFrame, rank_by: str = "mean", values: str = "mean", suite: Suite | None = None
+) -> pd.DataFrame:
     """Wide table: one row per setting × method, one column per countermeasure, plus ``score``
     (the method's mean over countermeasures, or its worst case with ``rank_by='worst'``); methods
     sorted by score, most effective first.
 
     Countermeasures under which the setting's clean row is near chance are left out of the
-    score and named in a ``baseline_near_chance`` column (present only when there are any)."""
+    score and named in a ``baseline_near_chance`` column (present only when there are any).
+
+    With a ``suite`` the worst case over the suite's countermeasures joins as
+    :data:`uebench.benchmark.score.SCORE_COLUMNS` (``worst_case``, ``reached_by``,
+    ``rank_in_budget``, ``rank_overall``, ``missing``), and methods are sorted by it instead."""
     if rank_by not in RANK_BY:
         raise UebenchError(f"rank_by must be one of {', '.join(RANK_BY)}, got {rank_by!r}")
     index = [*_setting_columns(board), "method"]
@@ -385,7 +393,14 @@ def pivot(board: pd.DataFrame, rank_by: str = "mean", values: str = "mean") -> p
         keys = pd.MultiIndex.from_frame(wide[index])
         at = list(wide.columns).index("threat") + 1 if "threat" in wide.columns else len(index)
         wide.insert(at, "separability", found.reindex(keys).to_numpy())
-    return wide.sort_values([*index[:-1], "score", "method"], kind="stable").reset_index(drop=True)
+    order = "score"
+    if suite is not None:
+        worst = board_worst_case(board, suite, index)
+        wide = wide.merge(worst[[*index, *SCORE_COLUMNS]], on=index, how="left")
+        if not wide["missing"].fillna("").astype(bool).any():
+            wide = wide.drop(columns=["missing"])  # every method has a score
+        order = "worst_case"
+    return wide.sort_values([*index[:-1], order, "method"], kind="stable").reset_index(drop=True)
 
 
 def _flagged(board: pd.DataFrame) -> pd.Series:
@@ -444,8 +459,11 @@ def public_columns(board: pd.DataFrame) -> pd.DataFrame:
     return board[[c for c in board.columns if not c.startswith("_")]]
 
 
-def text_pivot(board: pd.DataFrame, rank_by: str = "mean") -> pd.DataFrame:
-    """The pivot with ``mean ± std`` text cells (``n`` shown where seed counts differ)."""
+def text_pivot(
+    board: pd.DataFrame, rank_by: str = "mean", suite: Suite | None = None
+) -> pd.DataFrame:
+    """The pivot with ``mean ± std`` text cells (``n`` shown where seed counts differ), and the
+    worst case over ``suite`` when one is given."""
     show_n = board["n"].nunique() > 1
     marks = _flagged(board).map({True: f" {NEAR_CHANCE_MARK}", False: ""})
     text_board = board.assign(
@@ -454,16 +472,34 @@ def text_pivot(board: pd.DataFrame, rank_by: str = "mean") -> pd.DataFrame:
             for m, s, n, mark in zip(board["mean"], board["std"], board["n"], marks, strict=True)
         ]
     )
-    wide = pivot(text_board, rank_by=rank_by, values="cell")
-    wide["score"] = wide["score"].map(lambda v: "" if v != v else f"{v:.2f}")
+    wide = pivot(text_board, rank_by=rank_by, values="cell", suite=suite)
+    for column in ("score", "worst_case"):
+        if column in wide.columns:
+            wide[column] = wide[column].map(_two_decimals)
     return wide.drop(columns=["baseline_near_chance"], errors="ignore")
 
 
-def board_markdown(board: pd.DataFrame, rank_by: str = "mean") -> str:
-    """The pivot (``mean ± std`` over seeds) and the long table, as one Markdown document."""
+def _two_decimals(value: Any) -> str:
+    return "" if value is None or value != value else f"{value:.2f}"
+
+
+def suite_note(suite: Suite) -> str:
+    """What the worst-case columns mean, naming the suite's version and hash."""
+    return (
+        f"worst_case = the highest accuracy any countermeasure of {suite.describe()} reaches "
+        f"({', '.join(suite.countermeasures)}; the strongest thief), reached_by = that "
+        "countermeasure; lower is more unlearnable; ranked within each threat budget "
+        "(rank_in_budget) and over all budgets (rank_overall); a method missing a countermeasure "
+        "of the suite has no score"
+    )
+
+
+def board_markdown(board: pd.DataFrame, rank_by: str = "mean", suite: Suite | None = None) -> str:
+    """The pivot (``mean ± std`` over seeds) and the long table, as one Markdown document;
+    with a ``suite``, the pivot ranks by the worst case over it (:func:`pivot`)."""
     metric = board["metric"].iloc[0] if len(board) else "final_acc"
     counts = set(board["n"])
-    wide = text_pivot(board, rank_by)
+    wide = text_pivot(board, rank_by, suite)
     seeds = f"n = {counts.pop()} seeds per cell" if len(counts) == 1 else "n = seeds per cell"
     score = "mean over countermeasures" if rank_by == "mean" else "worst case (highest accuracy)"
     long = public_columns(board).drop(columns=["metric"])
@@ -473,6 +509,7 @@ def board_markdown(board: pd.DataFrame, rank_by: str = "mean") -> str:
             f"## Clean test accuracy (%), `{metric}`: mean ± std over seeds",
             f"Most effective method first; {seeds}; score = {score}"
             + (f" ({NEAR_CHANCE_MARK} cells left out)." if notes else "."),
+            *([f"Sorted by worst case: {suite_note(suite)}."] if suite is not None else []),
             markdown_table(wide),
             *(["\n".join(f"- {note}" for note in notes)] if notes else []),
             "## All cells",
@@ -481,15 +518,18 @@ def board_markdown(board: pd.DataFrame, rank_by: str = "mean") -> str:
     )
 
 
-def write_board(board: pd.DataFrame, out: str | Path, rank_by: str = "mean") -> list[Path]:
-    """Write ``NAME.csv`` (long), ``NAME.pivot.csv`` and ``NAME.md`` beside ``out``, atomically."""
+def write_board(
+    board: pd.DataFrame, out: str | Path, rank_by: str = "mean", suite: Suite | None = None
+) -> list[Path]:
+    """Write ``NAME.csv`` (long), ``NAME.pivot.csv`` and ``NAME.md`` beside ``out``, atomically;
+    with a ``suite``, the pivot and the page carry the worst case over it."""
     out = Path(out)
     check_board_path(out)
     pivot_path = out.with_name(out.stem + ".pivot.csv")
     markdown_path = out.with_suffix(".md")
-    markdown = board_markdown(board, rank_by) + "\n"
+    markdown = board_markdown(board, rank_by, suite) + "\n"
     write_csv(out, public_columns(board), float_format="%.4g")
-    write_csv(pivot_path, pivot(board, rank_by=rank_by), float_format="%.4g")
+    write_csv(pivot_path, pivot(board, rank_by=rank_by, suite=suite), float_format="%.4g")
     atomic_write(markdown_path, lambda stream: stream.write(markdown), mode="w")
     return [out, pivot_path, markdown_path]
 

@@ -58,6 +58,11 @@ class Reference:
     traced to a table of its source: it is shown, never judged.  A row with ``ueraser`` in its
     countermeasure must name the variant it reports (``ueraser:variant=max``): APBench's
     training script defaults to the max variant and uses a JPEG variant for TAP and AR.
+
+    Numbers uebench measured under a suite (:mod:`uebench.benchmark.reference`) also state
+    the method's ``threat`` model, the ``protocol_hash``
+    (:meth:`~uebench.grid.protocols.Protocol.content_hash` of the settings they ran under),
+    the ``suite`` id and ``suite_hash``, and the ``uebench_version`` that measured them.
     """
 
     id: str
@@ -82,6 +87,11 @@ class Reference:
     std: float | None = None
     n: int | None = None
     note: str = ""
+    threat: str = ""
+    protocol_hash: str = ""
+    suite: str = ""
+    suite_hash: str = ""
+    uebench_version: str = ""
     file: str = field(default="", compare=False)
 
     @property

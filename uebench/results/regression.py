@@ -110,6 +110,21 @@ def grid_config(
     return config
 
 
+def check_protocol(reference: Reference) -> None:
+    """Refuse to rerun a reference whose ``protocol_hash`` is not what its command's settings
+    hash to now: the protocol changed since it was measured, so a fresh run would measure
+    something else (a mismatch saying nothing about the code)."""
+    if not (reference.protocol_hash and reference.command):
+        return
+    now = GridConfig.from_dict(_command_values(reference)).effective_protocol().content_hash()
+    if now != reference.protocol_hash:
+        raise UebenchError(
+            f"its command's settings hash to {now}, the reference was measured under "
+            f"{reference.protocol_hash}: the protocol changed since, so measure the reference "
+            "again"
+        )
+
+
 def _command_values(reference: Reference) -> dict[str, Any]:
     """The GridConfig values of the record's ``uebench run`` command (its config file's, with
     its flags on top), read as ``uebench run`` reads them."""
@@ -188,6 +203,7 @@ class ReferenceChecker:
         return verdict
 
     def _run(self, reference: Reference) -> pd.DataFrame:
+        check_protocol(reference)
         config = grid_config(reference, self.data_root, self.device)
         device = resolve_device(config.device)
         if "gpu" in reference.marks and device.type != "cuda":

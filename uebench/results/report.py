@@ -16,6 +16,7 @@ from typing import Any
 
 import pandas as pd
 
+from uebench.benchmark.suites import Suite, load_suite
 from uebench.diagnostics import (
     clean_baselines,
     first_epoch_above,
@@ -33,6 +34,7 @@ from uebench.results.leaderboard import (
     near_chance_notes,
     public_columns,
     read_records,
+    suite_note,
     text_pivot,
 )
 from uebench.results.references import compare, load_references
@@ -47,11 +49,16 @@ def write_report(
     metric: str = "final_acc",
     rank_by: str = "mean",
     references: Iterable[str] = (),
+    suite: str | Path | Suite | None = None,
 ) -> Path:
-    """Write ``out_dir/report.html`` (or ``report.md``) and its PNGs; return the page's path."""
+    """Write ``out_dir/report.html`` (or ``report.md``) and its PNGs; return the page's path.
+
+    With a ``suite`` (an id such as ``v1``, a suite file or a :class:`Suite`) the leaderboard
+    carries each method's worst case over it and its ranks, and names the suite's version."""
     if fmt not in FORMATS:
         raise UebenchError(f"report format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     out_dir = Path(out_dir)
+    scored = load_suite(suite) if suite is not None else None
     records = read_records(run_dirs)
     cells = cells_frame(records)
     board = aggregate(cells, metric)
@@ -64,7 +71,7 @@ def write_report(
         ("Partial poisoning (Table 2 style)", plots.partial_curves(records, out_dir, metric)),
         ("Confusion matrices", plots.confusion_matrices(records, out_dir)),
     ]
-    sections = _sections(run_dirs, records, board, rank_by, comparison)
+    sections = _sections(run_dirs, records, board, rank_by, comparison, scored)
     page = out_dir / f"report.{fmt}"
     text = _html(sections, figures) if fmt == "html" else _markdown(sections, figures, out_dir)
     atomic_write(page, lambda stream: stream.write(text), mode="w")
@@ -77,6 +84,7 @@ def _sections(
     board: pd.DataFrame,
     rank_by: str,
     comparison: pd.DataFrame | None,
+    suite: Suite | None = None,
 ) -> list[tuple[str, str, pd.DataFrame | None]]:
     """``(title, paragraph, table)`` triples, shared by both formats."""
     commits = sorted(
@@ -94,8 +102,10 @@ def _sections(
         f"{hours:.2f} h of cell wall time. Generated {time.strftime('%Y-%m-%d %H:%M')}."
     )
     metric = board["metric"].iloc[0]
-    wide = text_pivot(board, rank_by)
+    wide = text_pivot(board, rank_by, suite)
     score = "mean over countermeasures" if rank_by == "mean" else "highest accuracy over them"
+    if suite is not None:
+        score += f"; sorted by worst case: {suite_note(suite)}"
     notes = near_chance_notes(board)
     flagged = "".join(f" {note}." for note in notes)
     sections: list[tuple[str, str, pd.DataFrame | None]] = [
