@@ -109,10 +109,11 @@ class AirbenchNet(nn.Module):
             if preprocess is not None:
                 seen = preprocess(seen)
             patches = F.unfold(seen, kernel_size=2)  # N × dim × L
-            flat = patches.transpose(1, 2).reshape(-1, dim).double()
-            total += flat.sum(0)
-            outer += flat.T @ flat
-            count += len(flat)
+            # Per-image float32 products (one batched matmul, no copy of the patches: several
+            # times faster than one float64 product on a CPU), summed over chunks in float64.
+            total += patches.sum((0, 2)).double()
+            outer += torch.bmm(patches, patches.transpose(1, 2)).sum(0).double()
+            count += patches.shape[0] * patches.shape[2]
         mean = total / count
         covariance = outer / count - torch.outer(mean, mean)
         eigenvalues, eigenvectors = torch.linalg.eigh(covariance)
