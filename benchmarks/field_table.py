@@ -9,9 +9,10 @@ sample-wise ``random`` and class-wise ``emin`` under ``none``, with ``--protocol
 training and 2000 test images, 10 epochs).  ``--workers N`` starts N ``uebench run`` processes
 of one thread each on the same results folder: each cell is claimed before it runs, so they
 share the grid without training a cell twice (on 2 cores, 2 processes of 1 thread beat 1 of
-2).  A first phase gives each worker its own methods under ``none`` so that each poison is
-crafted once (a claim covers a cell, not the poison several cells share); the second phase runs
-the whole grid from the cached poisons.  Rerunning resumes.  ``--protocol fast --run-flags
+2).  Each worker first crafts its own share of the poisons (its methods under ``none``), so
+that each poison is crafted once (a claim covers a cell, not the poison several cells share),
+then goes on to the whole grid, its own methods first, without waiting for the other.
+Rerunning resumes.  ``--protocol fast --run-flags
 '...'`` runs the same grid under another protocol or settings.  Then it prints the table and
 checks each published finding:
 
@@ -43,6 +44,7 @@ import shlex
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pandas as pd
@@ -173,28 +175,47 @@ def main() -> None:
     for log in logs:
         log.parent.mkdir(parents=True, exist_ok=True)
 
-    def phase(commands: list[list[str]], mode: str) -> None:
-        workers = [
-            subprocess.Popen(cmd, stdout=log.open(mode), stderr=subprocess.STDOUT)
-            for cmd, log in zip(commands, logs[: len(commands)], strict=True)
-        ]
-        status = [worker.wait() for worker in workers]
+    def phase(sequences: list[list[list[str]]], mode: str) -> list[float]:
+        """Each worker runs its commands one after the other; returns when each finished its
+        first command (seconds from the start)."""
+        firsts = [0.0] * len(sequences)
+
+        def work(index: int, commands: list[list[str]]) -> int:
+            with logs[index].open(mode) as log:
+                for position, cmd in enumerate(commands):
+                    status = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode
+                    if position == 0:
+                        firsts[index] = time.perf_counter() - started
+                    if status:
+                        return status
+            return 0
+
+        with ThreadPoolExecutor(len(sequences)) as pool:
+            status = list(pool.map(work, range(len(sequences)), sequences))
         if any(status):
             sys.exit(f"a worker exited {status}; see {', '.join(map(str, logs))}")
+        return firsts
 
     started = time.perf_counter()
-    # Phase 1: every poison crafted once, by one worker, under ``none``.
     methods = [*METHODS.split(","), *EXTRA.split(",")]
     shares = split_for_crafting(methods, args.workers)
-    phase([command(",".join(share), "none") for share in shares if share], "w")
-    crafted = time.perf_counter() - started
-    # Phase 2: the grid.  Every other worker walks the methods backwards so the two do not
-    # queue on the same method's cells; cell ids do not depend on the order.
-    orders = [METHODS, ",".join(reversed(METHODS.split(",")))]
-    phase([command(orders[i % 2], DEFENSES) for i in range(args.workers)], "a")
+    # Each worker first crafts its own share of the poisons (under ``none``), then runs the
+    # grid, its own methods first (their poisons are ready; another worker's may still be
+    # crafting, and a cell needing it would wait on the cache's lock), then the rest, every
+    # other worker walking them backwards so the two do not queue on the same method's cells.
+    # No worker waits for the others between the two: cell ids do not depend on the order.
+    table_methods = METHODS.split(",")
+    sequences = []
+    for i, share in enumerate(shares):
+        rest = [m for m in table_methods if m not in share]
+        order = [m for m in table_methods if m in share] + (rest if i % 2 == 0 else rest[::-1])
+        crafting = [command(",".join(share), "none")] if share else []
+        sequences.append([*crafting, command(",".join(order), DEFENSES)])
+    crafted = max(phase(sequences, "w"))
     wall = time.perf_counter() - started
     if args.more_defenses:  # after the timed table: its wall time stays the 34 cells'
-        phase([command(orders[i % 2], args.more_defenses) for i in range(args.workers)], "a")
+        orders = [METHODS, ",".join(reversed(table_methods))]
+        phase([[command(orders[i % 2], args.more_defenses)] for i in range(args.workers)], "a")
     out = Path(args.out)
     table = pd.read_csv(out / "results.csv")
     defenses = [*DEFENSES.split(","), *filter(None, args.more_defenses.split(","))]
@@ -202,7 +223,8 @@ def main() -> None:
     acc = acc.reindex(index=methods, columns=defenses)
     print(
         f"{len(table)} cells, {args.workers} worker(s), {wall:.0f} s this run for the table's "
-        f"own cells ({crafted:.0f} s for the phase that crafts; a resumed run redoes nothing)"
+        f"own cells (the last worker done crafting at {crafted:.0f} s; a resumed run redoes "
+        "nothing)"
     )
     print(f"protocol {table['protocol'].iloc[0]}, {table['train_size'].iloc[0]} training images")
     # One rounding for the table and the checks below (pandas rounds halves differently).

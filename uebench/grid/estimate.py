@@ -18,7 +18,6 @@ load changes it.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -30,6 +29,7 @@ from uebench.cache import PoisonCache
 from uebench.countermeasure import build_countermeasure
 from uebench.data import ImageData
 from uebench.errors import plugin_errors
+from uebench.execution import execution_for
 from uebench.grid.cell import Cell, cell_poison_key, load_cell_data
 from uebench.grid.config import GridConfig
 from uebench.grid.protocols import Protocol
@@ -72,7 +72,10 @@ def step_seconds(
 
     A first call at a small batch takes the one-time costs and is not counted.  When a step
     at the full batch would take more than half of ``budget``, the small batch's time is
-    scaled up to it; otherwise up to five full steps are timed.  Random images of the data's
+    scaled up to it; otherwise a run of one full step is subtracted from a run of up to six,
+    so what every run pays once (building the model, fitting a data-dependent layer, the
+    first step's kernel choices) is not counted per step.  The model runs as cells run it
+    (:func:`uebench.execution.execution_for`, compilation aside).  Random images of the data's
     shape are used, and the global random state is left as it was.
     """
     batch = config.batch_size
@@ -85,9 +88,10 @@ def step_seconds(
         y = torch.randint(0, data.num_classes, (images,), generator=generator)
         model = ARCHS.build(arch, data.num_classes, data.image_shape)
         recipe = replace(config, epochs=1, batch_size=size)
+        execution = execution_for(device, compile=False)
         _synchronize(device)
         started = time.perf_counter()
-        train(model, x, y, recipe, device, generator=generator)
+        train(model, x, y, recipe, device, generator=generator, execution=execution)
         _synchronize(device)
         return time.perf_counter() - started
 
@@ -99,7 +103,8 @@ def step_seconds(
         if predicted > budget / 2:
             return predicted
         steps = max(1, min(5, int(budget / predicted) - 1))
-        return timed(steps * batch, batch) / steps
+        once = timed(batch, batch)
+        return max(timed((steps + 1) * batch, batch) - once, 0.0) / steps or once
 
 
 def _synchronize(device: torch.device) -> None:
@@ -174,13 +179,13 @@ def cell_seconds(cell: Cell, data: ImageData, step_s: float) -> float:
     """One cell's training under its countermeasure and its test evaluations, from the
     seconds of one training step."""
     config = cell.train
-    steps = config.epochs * math.ceil(len(data.y_train) / config.batch_size)
+    steps = config.total_steps(len(data.y_train))
     countermeasure = build_countermeasure(cell.defense)
     with plugin_errors(f"countermeasure {cell.defense!r}", "estimating its cost"):
         factor = float(getattr(countermeasure, "cost_factor", lambda: 1.0)())
     # Each epoch's test evaluation; test-time augmentation multiplies the last one's passes.
     tta_passes = {0: 1, 1: 2, 2: 6}[config.tta]
-    evaluated = len(data.y_test) * (config.epochs - 1 + tta_passes)
+    evaluated = len(data.y_test) * (config.whole_epochs - 1 + tta_passes)
     return step_s * steps * factor + step_s / config.batch_size * evaluated * FORWARD_SHARE
 
 
