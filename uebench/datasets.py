@@ -17,8 +17,7 @@ import numpy as np
 import torch
 
 from uebench.data import ImageData, from_numpy_nhwc, stratified_indices
-from uebench.errors import UebenchError
-from uebench.files import one_line
+from uebench.errors import UebenchError, one_line
 from uebench.numpy_files import NUMPY_ERRORS, is_numpy_magic, load_numpy
 from uebench.registry import DATASETS
 from uebench.scenarios import resolve_classes

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from uebench.errors import FileFault, UebenchError
+from uebench.errors import FileFault, UebenchError, one_line
 
 #: A temporary file of a writer that cannot be asked (another host, a reused pid, a name from
 #: before writers were tagged) is removed once it is this old.  An atomic write lasts from
@@ -51,11 +51,6 @@ _CAUSES = {
     errno.EACCES: "permission denied",
     errno.EPERM: "operation not permitted",
 }
-
-
-def one_line(error: BaseException) -> str:
-    """An exception's message on one line (third-party messages may span several)."""
-    return " ".join(str(error).split()) or type(error).__name__
 
 
 def os_error_line(error: BaseException, path: str | Path, doing: str = "writing") -> str:

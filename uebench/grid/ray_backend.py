@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 
 from uebench.cache import PoisonCache, SourceCache
 from uebench.data import ImageData
-from uebench.errors import UebenchError
+from uebench.errors import UebenchError, named_error
 from uebench.execution import execution_for
 from uebench.files import atomic_write
 from uebench.grid.cell import (
@@ -309,8 +309,7 @@ def _reason(error: BaseException) -> str:
     cause = getattr(error, "cause", None)
     if isinstance(cause, BaseException):
         error = cause
-    text = " ".join(str(error).split()) or "no message"
-    return f"{type(error).__name__}: {text[:300]}"
+    return named_error(error)
 
 
 def _check_fits(ray: Any, resources: Resources, local: bool) -> None:

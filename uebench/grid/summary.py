@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from uebench.baseline import chance_level, near_chance, near_chance_warning
+from uebench.baseline import chance_level, near_chance, near_chance_warning, stated_num_classes
 
 
 def summary(table: pd.DataFrame) -> str:
@@ -24,7 +24,8 @@ def summary(table: pd.DataFrame) -> str:
         index="method", columns=columns, values="final_acc", aggfunc="mean", sort=False
     )
     seeds = table.groupby(["method", *columns])["seed"].nunique().max()
-    num_classes = _num_classes(table)
+    # The grid's class count K: the first row that states one (records may predate it).
+    num_classes = next(filter(None, map(stated_num_classes, table.to_dict("records"))), None)
     chance = chance_level(num_classes)
     lines = [
         f"clean test accuracy (%), final epoch, mean over {seeds} seed(s)"
@@ -39,10 +40,3 @@ def summary(table: pd.DataFrame) -> str:
                 where = "/".join(column) if isinstance(column, tuple) else column
                 lines.append(f"warning: {near_chance_warning(value, num_classes, where)}")
     return "\n".join(lines)
-
-
-def _num_classes(table: pd.DataFrame) -> int | None:
-    """The grid's class count K (None for records that predate ``num_classes``)."""
-    if "num_classes" not in table or table["num_classes"].isna().all():
-        return None
-    return int(table["num_classes"].dropna().iloc[0])

@@ -24,7 +24,7 @@ from typing import Any
 
 import pandas as pd
 
-from uebench.baseline import chance_level, near_chance, near_chance_warning
+from uebench.baseline import chance_level, near_chance, near_chance_warning, stated_num_classes
 from uebench.benchmark.score import SCORE_COLUMNS, board_worst_case
 from uebench.benchmark.suites import Suite
 from uebench.errors import UebenchError
@@ -151,7 +151,7 @@ def cells_frame(records: Sequence[dict[str, Any]]) -> pd.DataFrame:
         }
         for key in ("epochs", "train_size", "test_size"):
             row[key] = record.get(key)
-        row["num_classes"] = _num_classes(record)
+        row["num_classes"] = stated_num_classes(record)
         row["threat"] = _threat(record)
         separability = record.get("shortcut_separability")
         row["separability"] = float(separability) if is_number(separability) else None
@@ -203,14 +203,6 @@ def _threat(record: dict[str, Any]) -> str | None:
         return str(poison["threat"])
     eps = poison.get("eps")
     return ThreatModel.linf(float(eps)).describe() if is_number(eps) else None
-
-
-def _num_classes(record: dict[str, Any]) -> int | None:
-    value = record.get("num_classes")
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    classes = record.get("classes")
-    return len(classes) if isinstance(classes, list) and classes else None
 
 
 def _is_clean(record: dict[str, Any]) -> bool:
