@@ -236,6 +236,30 @@ def write_csv(path: Path, frame: pd.DataFrame, float_format: str | None = None) 
     atomic_write(path, lambda stream: stream.write(buffer.getvalue()), mode="w")
 
 
+def append_csv(path: Path, frame: pd.DataFrame, float_format: str | None = None) -> None:
+    """Append ``frame``'s rows to the CSV file ``path`` (after a header when the file is new
+    or empty), escaped as :func:`write_csv` escapes them.
+
+    The rows go out in one ``write`` to a file opened for appending, so a process killed at
+    any moment leaves whole rows, never part of one, and processes appending to one file at
+    once do not interleave their rows.
+    """
+    safe = spreadsheet_safe(frame)
+    text = safe.to_csv(index=False, header=False, float_format=float_format)
+    try:
+        handle = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            if os.fstat(handle).st_size == 0:
+                text = safe.head(0).to_csv(index=False) + text
+            data = text.encode()
+            while data:  # a regular file takes it whole unless the disk fills
+                data = data[os.write(handle, data) :]
+        finally:
+            os.close(handle)
+    except OSError as error:
+        raise file_fault(error, path) from None
+
+
 #: The first characters that make a spreadsheet read a cell as a formula (OWASP, CSV Injection).
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 

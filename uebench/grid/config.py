@@ -142,8 +142,9 @@ class GridConfig:
             folders.append(("out", out / "models"))
         for key, folder in folders:
             check_writable(key, folder)
-        # results.csv is replaced atomically after each cell: a folder (or other non-file) in
-        # its place, or a file its owner made read-only, would only fail after the first cell.
+        # results.csv is rewritten as a run starts and grows by a row after each cell: a folder
+        # (or other non-file) in its place, or a file its owner made read-only, would
+        # otherwise fail only once the run has started.
         table = out / "results.csv"
         if table.exists() or table.is_symlink():
             if not table.is_file():

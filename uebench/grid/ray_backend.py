@@ -430,6 +430,7 @@ def run_grid_ray(config: GridConfig) -> pd.DataFrame:
     if not todo:
         store.write_csv()
         return grid_table(store, cells)
+    store.write_csv()  # the table so far, to which each finished cell appends its row
     announce_grid(config, todo, None, tqdm.write, lambda line: tqdm.write(line, file=sys.stderr))
     pending: dict[Any, Any] = {}
     started_here = False
