@@ -18,9 +18,9 @@ import torch
 
 from uebench.data import ImageData, from_numpy_nhwc, stratified_indices
 from uebench.errors import UebenchError, one_line
-from uebench.numpy_files import NUMPY_ERRORS, is_numpy_magic, load_numpy
 from uebench.registry import DATASETS
 from uebench.scenarios import resolve_classes
+from uebench.storage.numpy_files import NUMPY_ERRORS, is_numpy_magic, load_numpy
 
 DEFAULT_ROOT = "~/.cache/uebench/data"
 CIFAR10_CLASSES = (

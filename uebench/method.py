@@ -16,7 +16,6 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from uebench.cache import PoisonCache, SourceCache
 from uebench.data import ImageData
 from uebench.errors import FileFault, UebenchError
 from uebench.execution import Execution
@@ -24,6 +23,7 @@ from uebench.identity import poison_key
 from uebench.plugin_flags import MethodFlags, plugin_flag
 from uebench.poison import Poison
 from uebench.registry import ARCHS, METHODS
+from uebench.storage.cache import PoisonCache, SourceCache
 from uebench.threat import ThreatModel
 from uebench.training import TrainConfig
 

@@ -16,7 +16,11 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from uebench.cache import PoisonCache
+from uebench.analysis.diagnostics import (
+    backdoor_success_rate,
+    per_class_accuracy,
+    poison_separability,
+)
 from uebench.countermeasure import (
     Countermeasure,
     TrainingContext,
@@ -25,7 +29,6 @@ from uebench.countermeasure import (
 )
 from uebench.data import ImageData
 from uebench.datasets import load_dataset
-from uebench.diagnostics import backdoor_success_rate, per_class_accuracy, poison_separability
 from uebench.errors import UebenchError, plugin_errors
 from uebench.execution import Execution, execution_for
 from uebench.files import atomic_write
@@ -42,6 +45,7 @@ from uebench.method import CraftContext
 from uebench.poison import Poison
 from uebench.registry import ARCHS
 from uebench.scenarios import spec_poison
+from uebench.storage.cache import PoisonCache
 from uebench.training import (
     EpochStats,
     TrainConfig,

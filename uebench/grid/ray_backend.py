@@ -41,7 +41,6 @@ from typing import Any
 import pandas as pd
 from tqdm.auto import tqdm
 
-from uebench.cache import PoisonCache, SourceCache
 from uebench.data import ImageData
 from uebench.errors import UebenchError, named_error
 from uebench.execution import execution_for
@@ -71,6 +70,7 @@ from uebench.method import CraftContext, check_cache_hit
 from uebench.plugin_loader import plugin_modules
 from uebench.poison import Poison
 from uebench.registry import REGISTRIES
+from uebench.storage.cache import PoisonCache, SourceCache
 from uebench.training import resolve_device
 from uebench.version import code_version
 

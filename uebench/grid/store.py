@@ -34,7 +34,7 @@ from uebench.files import (
     write_csv,
     writer_alive,
 )
-from uebench.records import read_record  # the one validation every reader shares
+from uebench.storage.records import read_record  # the one validation every reader shares
 
 try:  # claims are serialized with flock where there is one (not on Windows)
     import fcntl

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import pandas as pd
 
-from uebench.baseline import chance_level, near_chance, near_chance_warning, stated_num_classes
+from uebench.analysis.baseline import (
+    chance_level,
+    near_chance,
+    near_chance_warning,
+    stated_num_classes,
+)
 
 
 def summary(table: pd.DataFrame) -> str:
@@ -12,9 +17,9 @@ def summary(table: pd.DataFrame) -> str:
 
     Columns are countermeasures (with the architecture too when the grid has several); the
     ``clean`` row is marked as the baseline, chance is stated, and a countermeasure under which
-    even clean training stayed near chance is flagged (:func:`uebench.baseline.near_chance`,
-    the test the leaderboard, the report and ``uebench compare`` apply too): its column says
-    nothing about the noise.
+    even clean training stayed near chance is flagged
+    (:func:`uebench.analysis.baseline.near_chance`, the test the leaderboard, the report and
+    ``uebench compare`` apply too): its column says nothing about the noise.
     """
     if table.empty:
         return "(no results)"

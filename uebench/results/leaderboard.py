@@ -24,14 +24,19 @@ from typing import Any
 
 import pandas as pd
 
-from uebench.baseline import chance_level, near_chance, near_chance_warning, stated_num_classes
+from uebench.analysis.baseline import (
+    chance_level,
+    near_chance,
+    near_chance_warning,
+    stated_num_classes,
+)
 from uebench.benchmark.score import SCORE_COLUMNS, board_worst_case
 from uebench.benchmark.suites import Suite
 from uebench.errors import UebenchError
 from uebench.files import atomic_write, check_writable, write_csv
 from uebench.identity import countermeasure_identity, method_identity, plugin_identity
-from uebench.records import ACCURACY_METRICS, is_number, read_record
 from uebench.spec import parse_spec
+from uebench.storage.records import ACCURACY_METRICS, is_number, read_record
 from uebench.threat import ThreatModel
 
 #: How the pivot orders methods: by their mean over countermeasures, or by their worst case

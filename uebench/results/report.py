@@ -16,13 +16,13 @@ from typing import Any
 
 import pandas as pd
 
-from uebench.benchmark.suites import Suite, load_suite
-from uebench.diagnostics import (
+from uebench.analysis.diagnostics import (
     clean_baselines,
     first_epoch_above,
     record_setting,
     shortcut_speed,
 )
+from uebench.benchmark.suites import Suite, load_suite
 from uebench.errors import UebenchError
 from uebench.files import atomic_write
 from uebench.results import plots
