@@ -427,10 +427,9 @@ def run_grid_ray(config: GridConfig) -> pd.DataFrame:
     left = {cell.cell_id for cell in todo}  # those another process holds, once claimed below
     todo = _claim(store, todo)
     left -= {cell.cell_id for cell in todo}
-    if not todo:
-        store.write_csv()
-        return grid_table(store, cells)
     store.write_csv()  # the table so far, to which each finished cell appends its row
+    if not todo:
+        return grid_table(store, cells)
     announce_grid(config, todo, None, tqdm.write, lambda line: tqdm.write(line, file=sys.stderr))
     pending: dict[Any, Any] = {}
     started_here = False
