@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from uebench.certify import certify_model, smoothed_accuracies
+from uebench.analysis.certify import certify_model, smoothed_accuracies
 from uebench.datasets import load_dataset
 from uebench.registry import ARCHS
 from uebench.training import resolve_device

@@ -50,7 +50,7 @@ from pathlib import Path
 import pandas as pd
 
 from uebench.benchmark.findings import MARGIN, UNLEARNABLE
-from uebench.records import read_record
+from uebench.storage.records import read_record
 
 METHODS = "clean,emin,rem,tap,ops,ar,lsp,cuda"
 DEFENSES = "none,grayscale,jpeg,advtrain"

@@ -28,7 +28,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from uebench.diagnostics import (
+from uebench.analysis.diagnostics import (
     clean_baselines,
     first_epoch_above,
     mean_train_acc,

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from uebench.certify import certify_model, plot_certificates, save_certificate
+from uebench.analysis.certify import certify_model, plot_certificates, save_certificate
 from uebench.cli.certify import cell_target
 from uebench.grid import GridConfig, run_grid
 

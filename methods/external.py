@@ -1,8 +1,9 @@
 """A poison made elsewhere, evaluated like a crafted one: the method ``file``.
 
 ``file:poisoned.npz`` reads the poisoned training images (uint8, or float in [0, 1]; NHWC or
-NCHW) or the perturbations ([0, 1] units) from a file (:mod:`uebench.poison_files`: ``.npz``,
-``.npy``, ``.pt`` read weights-only, or an ImageFolder tree of PNG/JPEG images) and turns them
+NCHW) or the perturbations ([0, 1] units) from a file
+(:mod:`uebench.storage.poison_files`: ``.npz``, ``.npy``, ``.pt`` read weights-only, or an
+ImageFolder tree of PNG/JPEG images) and turns them
 into a :class:`~uebench.poison.Poison` against the dataset the grid loads, in dataset order:
 each changed image's noise row is exactly the change it publishes, so the victim trains on the
 file's own images.  Count, shape, classes, labels and order (every image of the file must be
@@ -27,7 +28,8 @@ from uebench.data import ImageData
 from uebench.errors import UebenchError
 from uebench.method import CraftContext, Method, check_eps
 from uebench.poison import Poison
-from uebench.poison_files import (
+from uebench.spec import parse_float
+from uebench.storage.poison_files import (
     PoisonFile,
     change_norms,
     check_readable,
@@ -35,7 +37,6 @@ from uebench.poison_files import (
     published_sha256,
     read_poison_file,
 )
-from uebench.spec import parse_float
 from uebench.threat import NORMS, ThreatModel
 
 #: How many other clean images each of the file's images is compared with (the next, the

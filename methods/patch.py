@@ -93,12 +93,8 @@ class PatchErrorMinimizing(Method):
             data.num_classes, data.image_shape[0], self.size, self.size, device=device
         )
 
-        def corners(
-            count: int, draw: torch.Generator = generator
-        ) -> tuple[torch.Tensor, torch.Tensor]:
-            top = torch.randint(0, height - self.size + 1, (count,), generator=draw)
-            left = torch.randint(0, width - self.size + 1, (count,), generator=draw)
-            return top.to(device), left.to(device)
+        def corners(count: int) -> tuple[torch.Tensor, torch.Tensor]:
+            return self._corners(count, data.image_shape, generator, device)
 
         def noise_of(index: torch.Tensor) -> torch.Tensor:
             return place_patches(patches[y[index]], *corners(len(index)), height, width)
@@ -130,9 +126,31 @@ class PatchErrorMinimizing(Method):
             max_rounds=self.max_rounds,
             bar=ctx.bar(self.max_rounds, f"emin-patch:{self.size}"),
         )
+        return self._poison(patches, data, rounds, error, opening.seconds())
+
+    def _corners(
+        self,
+        count: int,
+        image_shape: tuple[int, int, int],
+        draw: torch.Generator,
+        device: torch.device | str,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top and left corners of ``count`` patches at random places inside the images."""
+        _, height, width = image_shape
+        top = torch.randint(0, height - self.size + 1, (count,), generator=draw)
+        left = torch.randint(0, width - self.size + 1, (count,), generator=draw)
+        return top.to(device), left.to(device)
+
+    def _poison(
+        self, patches: torch.Tensor, data: ImageData, rounds: int, error: float, seconds: float
+    ) -> Poison:
+        """Each training image's class patch at a random place (drawn from its own seed, apart
+        from crafting's draws), with what crafting measured."""
+        _, height, width = data.image_shape
         count = len(data.y_train)
-        top, left = corners(count, torch.Generator().manual_seed(self.seed + 1))
-        bank = place_patches(patches.cpu()[data.y_train], top.cpu(), left.cpu(), height, width)
+        draw = torch.Generator().manual_seed(self.seed + 1)
+        top, left = self._corners(count, data.image_shape, draw, "cpu")
+        bank = place_patches(patches.cpu()[data.y_train], top, left, height, width)
         meta = {
             "form": "class-patch",
             "patch_size": self.size,
@@ -140,7 +158,7 @@ class PatchErrorMinimizing(Method):
             "rounds": rounds,
             "final_error": error,
             "converged": error < self.stop_error,
-            "craft_seconds": opening.seconds(),
+            "craft_seconds": seconds,
         }
         return Poison(bank.clamp(-self.eps, self.eps), torch.arange(count), self.eps, meta)
 

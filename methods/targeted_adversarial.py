@@ -194,31 +194,7 @@ class TargetedAdversarialPoisoning(Method):
         shift = differentiable_shift_and_flip(channel_stats(data)[0].to(ctx.device))
         seen = nn.Sequential(shift, model) if self.augment else model
 
-        best, best_loss = None, math.inf
-        batches = torch.arange(len(x), device=ctx.device).split(self.batch_size)
-        bar = ctx.bar(self.restarts * len(batches), "tap")
-        for _ in range(self.restarts):
-            delta = torch.empty_like(x)
-            for index in batches:
-                start = torch.randn(x[index].shape, generator=generator).to(ctx.device) * self.eps
-                start = (x[index] + start.clamp_(-self.eps, self.eps)).clamp_(0, 1) - x[index]
-                # Targeted PGD is error-minimizing PGD toward the target labels.
-                delta[index] = minimize_error(
-                    seen,
-                    x[index],
-                    target[index],
-                    start,
-                    eps=self.eps,
-                    alpha=self.alpha,
-                    steps=self.steps,
-                )
-                bar.update()
-            loss = self._target_loss(seen, x, target, delta, batches)
-            bar.set_postfix(target_loss=f"{loss:.4f}")
-            if loss < best_loss:
-                best, best_loss = delta, loss
-        bar.close()
-        assert best is not None
+        best, best_loss = self._best_restart(seen, x, target, generator, ctx)
         rate = accuracy_under_noise(model, x, target, lambda index: best[index], self.batch_size)
         if rate < LOW_TARGET_RATE:
             print(
@@ -245,6 +221,43 @@ class TargetedAdversarialPoisoning(Method):
         )
         rows = torch.arange(len(data.y_train))
         return Poison(best.cpu().clamp(-self.eps, self.eps), rows, self.eps, meta, surrogate)
+
+    def _best_restart(
+        self,
+        seen: nn.Module,
+        x: torch.Tensor,
+        target: torch.Tensor,
+        generator: torch.Generator,
+        ctx: CraftContext,
+    ) -> tuple[torch.Tensor, float]:
+        """Targeted PGD over the whole set from ``restarts`` random starts; the noise of the
+        restart with the lowest target loss, and that loss."""
+        best, best_loss = None, math.inf
+        batches = torch.arange(len(x), device=ctx.device).split(self.batch_size)
+        bar = ctx.bar(self.restarts * len(batches), "tap")
+        for _ in range(self.restarts):
+            delta = torch.empty_like(x)
+            for index in batches:
+                start = torch.randn(x[index].shape, generator=generator).to(ctx.device) * self.eps
+                start = (x[index] + start.clamp_(-self.eps, self.eps)).clamp_(0, 1) - x[index]
+                # Targeted PGD is error-minimizing PGD toward the target labels.
+                delta[index] = minimize_error(
+                    seen,
+                    x[index],
+                    target[index],
+                    start,
+                    eps=self.eps,
+                    alpha=self.alpha,
+                    steps=self.steps,
+                )
+                bar.update()
+            loss = self._target_loss(seen, x, target, delta, batches)
+            bar.set_postfix(target_loss=f"{loss:.4f}")
+            if loss < best_loss:
+                best, best_loss = delta, loss
+        bar.close()
+        assert best is not None
+        return best, best_loss
 
     @torch.no_grad()
     def _target_loss(

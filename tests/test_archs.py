@@ -135,7 +135,7 @@ def test_a_grid_process_does_not_pay_for_torchvision_or_scipy_stats():
     torchvision.models (torch._dynamo) and scipy.stats cost it seconds and only densenet121 and
     certification need them, so they are imported where used."""
     script = (
-        "import sys, uebench, uebench.grid.ray_backend, uebench.certify\n"
+        "import sys, uebench, uebench.grid.ray_backend, uebench.analysis.certify\n"
         "from uebench.registry import ARCHS\n"
         "ARCHS.build('smallcnn', 10, (1, 16, 16))\n"
         "ARCHS.build('resnet18:width=4', 10, (3, 32, 32))\n"

@@ -16,7 +16,7 @@ from uebench.benchmark.suites import load_suite
 from uebench.cli import main
 from uebench.datasets import load_dataset
 from uebench.poison import Poison
-from uebench.poison_files import published_sha256
+from uebench.storage.poison_files import published_sha256
 from uebench.threat import ThreatModel
 
 COLUMNS = ["none", "uniform-noise:eps=64/255"]

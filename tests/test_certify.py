@@ -8,7 +8,7 @@ import pytest
 import torch
 from scipy.stats import beta, norm
 
-from uebench.certify import (
+from uebench.analysis.certify import (
     Certificate,
     certified_index,
     certify_accuracies,

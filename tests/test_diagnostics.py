@@ -6,10 +6,10 @@ import json
 import pandas as pd
 import torch
 
+from uebench.analysis.diagnostics import first_epoch_above, poison_separability, shortcut_speed
 from uebench.api import craft
 from uebench.cli import main
 from uebench.data import ImageData
-from uebench.diagnostics import first_epoch_above, poison_separability, shortcut_speed
 from uebench.grid import GridConfig, run_grid
 
 

@@ -17,8 +17,8 @@ from uebench.errors import UebenchError
 from uebench.grid.cell import load_cell_data
 from uebench.identity import method_identity, poison_key
 from uebench.method import CraftContext
-from uebench.poison_files import published_sha256
 from uebench.registry import METHODS
+from uebench.storage.poison_files import published_sha256
 
 EPS = 8 / 255
 

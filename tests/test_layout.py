@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import tomllib
 import torch
 
 from uebench.datasets import load_dataset
@@ -42,25 +43,17 @@ def project_modules() -> dict[str, Path]:
 
 
 def imports_of(name: str, file: Path, modules: dict[str, Path]) -> set[str]:
-    """The project modules ``name`` imports anywhere in it (module level or in a function;
-    not under ``if TYPE_CHECKING:``).
+    """The project modules ``name`` imports anywhere in it: at module level, in a function and
+    under ``if TYPE_CHECKING:`` (an import for annotations only never runs, but two modules
+    that name each other's types still depend on each other: a circle all the same).
 
     ``from package import thing`` counts as importing ``package.thing`` when that is a module
     and ``package`` otherwise; the parent packages Python initializes on the way are not
     counted, or every package that re-exports its modules would be a cycle.
     """
     tree = ast.parse(file.read_text())
-    # ``if TYPE_CHECKING:`` imports never run (annotations only), so they make no loop.
-    typing_only = {
-        id(inner)
-        for node in ast.walk(tree)
-        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
-        for inner in ast.walk(node)
-    }
     found = set()
     for node in ast.walk(tree):
-        if id(node) in typing_only:
-            continue
         if isinstance(node, ast.Import):
             targets = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -115,6 +108,23 @@ def test_no_import_cycle_among_the_projects_modules():
     assert "uebench.registry" in graph["uebench.identity"]
     cycle = find_cycle(graph)
     assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
+
+
+def test_imports_for_annotations_count(tmp_path):
+    typed = tmp_path / "typed.py"
+    typed.write_text("if TYPE_CHECKING:\n    from uebench.method import Method\n")
+    modules = {**project_modules(), "uebench.typed": typed}
+    assert imports_of("uebench.typed", typed, modules) == {"uebench.method"}
+
+
+def test_every_package_is_installed():
+    """A folder of modules missing from pyproject's package list would work from a checkout
+    and be missing from a wheel."""
+    listed = set(
+        tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    )
+    packages = {name for name, file in project_modules().items() if file.name == "__init__.py"}
+    assert packages == listed
 
 
 def test_the_cycle_finder_finds_a_cycle():

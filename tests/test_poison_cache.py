@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from uebench.cache import PoisonCache
 from uebench.data import add_noise_uint8
 from uebench.errors import UebenchError
 from uebench.poison import Poison
+from uebench.storage.cache import PoisonCache
 
 
 def _poison(eps=8 / 255, n=6, classes=3):

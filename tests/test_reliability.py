@@ -20,7 +20,6 @@ import pytest
 import torch
 from tiny_cli import TINY_CLI, one_line_error
 
-from uebench.cache import PoisonCache
 from uebench.cli import main
 from uebench.countermeasure import Countermeasure, TrainSet
 from uebench.data import ImageData
@@ -33,6 +32,7 @@ from uebench.identity import poison_key
 from uebench.method import CraftContext, Method, craft_within_threat
 from uebench.poison import Poison
 from uebench.registry import DEFENSES, METHODS
+from uebench.storage.cache import PoisonCache
 from uebench.threat import ThreatModel
 from uebench.training import TrainConfig
 

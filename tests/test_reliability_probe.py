@@ -38,10 +38,10 @@ from uebench.grid import GridConfig, ResultStore, run_grid
 from uebench.grid.cell import load_cell_data
 from uebench.identity import cache_key
 from uebench.method import CraftContext
-from uebench.poison_files import read_poison_file
-from uebench.records import read_record
 from uebench.registry import METHODS
 from uebench.results.leaderboard import cells_frame, leaderboard, read_records
+from uebench.storage.poison_files import read_poison_file
+from uebench.storage.records import read_record
 
 TINY = [*TINY_CLI, "--no-progress"]
 #: How an export's staging folder is named (``uebench.files.STAGING_PREFIX``).

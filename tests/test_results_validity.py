@@ -30,7 +30,6 @@ from test_leaderboard import write_cell
 from tiny_cli import TINY_CLI
 
 import uebench
-from uebench.cache import PoisonCache
 from uebench.cli import main
 from uebench.data import ImageData
 from uebench.errors import UebenchError
@@ -50,6 +49,7 @@ from uebench.results.leaderboard import (
 )
 from uebench.results.references import Reference, compare
 from uebench.scenarios import spec_poison
+from uebench.storage.cache import PoisonCache
 from uebench.training import TrainConfig
 
 #: The conftest ``tiny_grid`` settings as ``uebench run`` flags.

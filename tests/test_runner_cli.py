@@ -8,7 +8,9 @@ import pytest
 import uebench.grid.runner as runner
 from uebench.cli import main
 from uebench.errors import UebenchError
+from uebench.files import append_csv
 from uebench.grid import GridConfig, run_grid
+from uebench.grid.store import ResultStore
 
 
 def test_grid_writes_records_and_csv(tmp_path, tiny_grid):
@@ -65,6 +67,8 @@ def test_killed_grid_resumes_without_recomputing(tmp_path, monkeypatch, tiny_gri
     with pytest.raises(KeyboardInterrupt):
         run_grid(config)
     assert len(list((tmp_path / "g" / "cells").glob("*.json"))) == 1
+    # The table a killed run leaves holds the rows of the cells finished so far.
+    assert pd.read_csv(tmp_path / "g" / "results.csv")["method"].tolist() == ["clean"]
 
     calls.clear()
     monkeypatch.setattr(
@@ -81,6 +85,41 @@ def test_killed_grid_resumes_without_recomputing(tmp_path, monkeypatch, tiny_gri
     run_grid(config)
     assert calls == []  # nothing left to do
     assert len(list((tmp_path / "g" / "cells").glob("*.json"))) == 2
+
+
+def test_results_csv_is_rebuilt_at_start_and_end_and_grows_a_row_per_cell(
+    tmp_path, monkeypatch, tiny_grid
+):
+    out = tmp_path / "g"
+    run_grid(GridConfig(methods=["clean"], out=str(out), **tiny_grid))
+    (stale,) = (out / "cells").glob("*.json")
+    stale.unlink()  # a record removed by hand: its row must not survive the next run
+    rewrites, appended = [], []
+    real_write_csv, real_add = ResultStore.write_csv, ResultStore.add
+
+    def write_csv(store):
+        rewrites.append(store.root)
+        return real_write_csv(store)
+
+    def add(store, record):
+        path = real_add(store, record)
+        appended.append(pd.read_csv(out / "results.csv")["method"].tolist())
+        return path
+
+    monkeypatch.setattr(ResultStore, "write_csv", write_csv)
+    monkeypatch.setattr(ResultStore, "add", add)
+    table = run_grid(GridConfig(methods=["random", "clean"], out=str(out), **tiny_grid))
+    assert len(rewrites) == 2, "rewritten once as the run starts and once as it ends"
+    # The first rewrite drops the stale row, each finished cell then appends its own.
+    assert appended == [["random"], ["random", "clean"]]
+    assert sorted(pd.read_csv(out / "results.csv")["method"]) == sorted(table["method"])
+
+
+def test_appended_rows_are_escaped_and_whole(tmp_path):
+    path = tmp_path / "t.csv"
+    append_csv(path, pd.DataFrame([{"method": "=HYPERLINK(1)", "acc": 1.234}]), "%.2f")
+    append_csv(path, pd.DataFrame([{"method": "clean", "acc": 50.0}]), "%.2f")
+    assert path.read_text().splitlines() == ["method,acc", "'=HYPERLINK(1),1.23", "clean,50.00"]
 
 
 def test_same_config_same_cell_and_same_poison(tmp_path, tiny_grid):

@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from uebench.cache import PoisonCache
+from uebench.analysis.diagnostics import backdoor_success_rate
 from uebench.data import ImageData
-from uebench.diagnostics import backdoor_success_rate
 from uebench.errors import UebenchError
 from uebench.grid import GridConfig, run_grid
 from uebench.identity import method_identity
@@ -18,6 +17,7 @@ from uebench.method import CraftContext
 from uebench.poison import Poison
 from uebench.registry import METHODS
 from uebench.scenarios import only_classes, resolve_classes
+from uebench.storage.cache import PoisonCache
 
 CLASSES = ("airplane", "bird", "cat", "ship")
 

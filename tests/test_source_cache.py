@@ -5,10 +5,10 @@ import pytest
 import torch
 
 import uebench.crafting as crafting
-from uebench.cache import PoisonCache
 from uebench.datasets import load_dataset
 from uebench.errors import UebenchError
 from uebench.method import CraftContext
+from uebench.storage.cache import PoisonCache
 from uebench.training import TrainConfig
 
 CPU = torch.device("cpu")

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from uebench.errors import UebenchError
+from uebench.plugin_flags import PluginFlags
 from uebench.registry import COUNTERMEASURES
 
 
@@ -63,8 +64,12 @@ class TrainingContext:
     arch: str  # the victim's architecture spec, to build a fresh model of the same kind
 
 
-class Countermeasure:
-    """Base class: standard training.  Override the hooks a countermeasure changes."""
+class Countermeasure(PluginFlags):
+    """Base class: standard training.  Override the hooks a countermeasure changes.
+
+    Its flag ``late_options`` (:class:`~uebench.plugin_flags.PluginFlags`) keeps options added
+    after results were recorded out of its identity at their default.
+    """
 
     def prepare(self, train: TrainSet, generator: torch.Generator) -> TrainSet:
         """Transform the training set once, before training."""

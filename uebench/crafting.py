@@ -308,7 +308,7 @@ def shared_source(
 ) -> nn.Module:
     """``recipe(spec, data, ctx, epochs, generator)``, trained once per architecture, data,
     recipe, training settings and seed and shared through the context's source cache
-    (:class:`uebench.cache.SourceCache`); trained in place when there is no cache."""
+    (:class:`uebench.storage.cache.SourceCache`); trained in place when there is no cache."""
     sources = ctx.sources()
     if sources is None:
         return recipe(spec, data, ctx, epochs, generator)

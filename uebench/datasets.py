@@ -17,11 +17,10 @@ import numpy as np
 import torch
 
 from uebench.data import ImageData, from_numpy_nhwc, stratified_indices
-from uebench.errors import UebenchError
-from uebench.files import one_line
-from uebench.numpy_files import NUMPY_ERRORS, is_numpy_magic, load_numpy
+from uebench.errors import UebenchError, one_line
 from uebench.registry import DATASETS
 from uebench.scenarios import resolve_classes
+from uebench.storage.numpy_files import NUMPY_ERRORS, is_numpy_magic, load_numpy
 
 DEFAULT_ROOT = "~/.cache/uebench/data"
 CIFAR10_CLASSES = (
@@ -94,8 +93,7 @@ def cluttered_digits(
     a CNN needs some epochs to learn it, as natural images, which is where unlearnable examples
     work.  The defaults were chosen by measurement (``benchmarks/headline.py``): strokes strong
     enough that ε = 8/255 adversarial training still learns the digits (at ``digit_size=8``,
-    ``contrast=0.2``, ``clutter=0.3``, the layout before, it stayed at chance), in few enough
-    epochs for a CPU.
+    ``contrast=0.2``, ``clutter=0.3`` it stays at chance), in few enough epochs for a CPU.
     """
     from sklearn.datasets import load_digits
 
@@ -111,9 +109,27 @@ def cluttered_digits(
         glyphs = torch.nn.functional.interpolate(
             glyphs[:, None], size=(digit_size, digit_size), mode="bilinear", align_corners=False
         )[:, 0]
-    glyphs = glyphs.repeat(copies, 1, 1)
     y = torch.from_numpy(bunch.target.astype(np.int64)).repeat(copies)
-    n = len(y)
+    x = draw_on_clutter(
+        glyphs.repeat(copies, 1, 1), size, contrast, clutter, pixel_noise, generator
+    )
+    glyph_labels = torch.from_numpy(bunch.target.astype(np.int64))
+    test = cluttered_digits_test_mask(glyph_labels, copies, split, seed)
+    return ImageData("cluttered-digits", x[~test], y[~test], x[test], y[test], DIGIT_CLASSES)
+
+
+def draw_on_clutter(
+    glyphs: torch.Tensor,
+    size: int,
+    contrast: float,
+    clutter: float,
+    pixel_noise: float,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """Each glyph (N×h×w, in [0, 1]) drawn at a random place on its own ``size``×``size`` RGB
+    canvas of smooth random colour (±``clutter``) and pixel noise, at a random per-channel
+    contrast in [``contrast``, ``contrast`` + 0.2]; uint8 N×3×size×size."""
+    n, digit_size = len(glyphs), glyphs.shape[-1]
     background = (torch.rand(n, 3, 4, 4, generator=generator) * 2 - 1) * clutter
     canvas = torch.nn.functional.interpolate(
         background, size=(size, size), mode="bilinear", align_corners=False
@@ -129,10 +145,7 @@ def cluttered_digits(
         left + offsets[None, None, :],
     ] = glyphs
     canvas += strength * layer[:, None]
-    x = (canvas.clamp(0, 1) * 255).round().to(torch.uint8)
-    glyph_labels = torch.from_numpy(bunch.target.astype(np.int64))
-    test = cluttered_digits_test_mask(glyph_labels, copies, split, seed)
-    return ImageData("cluttered-digits", x[~test], y[~test], x[test], y[test], DIGIT_CLASSES)
+    return (canvas.clamp(0, 1) * 255).round().to(torch.uint8)
 
 
 def cluttered_digits_test_mask(

@@ -1,6 +1,7 @@
 """The one exception type whose message is meant for the user, printed as a single line (and
-:class:`FileFault`, the kind that blames a file rather than a plugin), and
-:func:`plugin_errors`, which turns a plugin's own exceptions into it."""
+:class:`FileFault`, the kind that blames a file rather than a plugin), :func:`plugin_errors`,
+which turns a plugin's own exceptions into it, and the one-line forms of any other exception
+(:func:`one_line`, :func:`named_error`)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,24 @@ class FileFault(UebenchError):
     place's fault, never a plugin's, so no wrapper re-labels it as a plugin's failure."""
 
 
+#: How long :func:`named_error`'s message may be: one line on a terminal (``--debug`` shows
+#: the whole of it).
+MESSAGE_LIMIT = 300
+
+
+def one_line(error: BaseException) -> str:
+    """An exception's message on one line (third-party messages may span several)."""
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def named_error(error: BaseException) -> str:
+    """``ValueError: its message`` on one line, the message cut to :data:`MESSAGE_LIMIT`."""
+    message = " ".join(str(error).split()) or "no message"
+    if len(message) > MESSAGE_LIMIT:
+        message = message[: MESSAGE_LIMIT - 3] + "..."
+    return f"{type(error).__name__}: {message}"
+
+
 @contextlib.contextmanager
 def plugin_errors(plugin: str, doing: str) -> Iterator[None]:
     """Re-raise any exception but a :class:`UebenchError` as one naming ``plugin`` and what it
@@ -30,10 +49,7 @@ def plugin_errors(plugin: str, doing: str) -> Iterator[None]:
     except UebenchError:
         raise
     except Exception as error:
-        message = " ".join(str(error).split()) or "(no message)"
-        if len(message) > 300:  # one line on a terminal; --debug has the whole of it
-            message = message[:297] + "..."
         raise UebenchError(
-            f"{plugin} failed while {doing}: {type(error).__name__}: {message} "
+            f"{plugin} failed while {doing}: {named_error(error)} "
             "(uebench --debug shows the traceback)"
         ) from error

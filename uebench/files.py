@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from uebench.errors import FileFault, UebenchError
+from uebench.errors import FileFault, UebenchError, one_line
 
 #: A temporary file of a writer that cannot be asked (another host, a reused pid, a name from
 #: before writers were tagged) is removed once it is this old.  An atomic write lasts from
@@ -51,11 +51,6 @@ _CAUSES = {
     errno.EACCES: "permission denied",
     errno.EPERM: "operation not permitted",
 }
-
-
-def one_line(error: BaseException) -> str:
-    """An exception's message on one line (third-party messages may span several)."""
-    return " ".join(str(error).split()) or type(error).__name__
 
 
 def os_error_line(error: BaseException, path: str | Path, doing: str = "writing") -> str:
@@ -239,6 +234,30 @@ def write_csv(path: Path, frame: pd.DataFrame, float_format: str | None = None) 
     buffer = io.StringIO()
     spreadsheet_safe(frame).to_csv(buffer, index=False, float_format=float_format)
     atomic_write(path, lambda stream: stream.write(buffer.getvalue()), mode="w")
+
+
+def append_csv(path: Path, frame: pd.DataFrame, float_format: str | None = None) -> None:
+    """Append ``frame``'s rows to the CSV file ``path`` (after a header when the file is new
+    or empty), escaped as :func:`write_csv` escapes them.
+
+    The rows go out in one ``write`` to a file opened for appending, so a process killed at
+    any moment leaves whole rows, never part of one, and processes appending to one file at
+    once do not interleave their rows.
+    """
+    safe = spreadsheet_safe(frame)
+    text = safe.to_csv(index=False, header=False, float_format=float_format)
+    try:
+        handle = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            if os.fstat(handle).st_size == 0:
+                text = safe.head(0).to_csv(index=False) + text
+            data = text.encode()
+            while data:  # a regular file takes it whole unless the disk fills
+                data = data[os.write(handle, data) :]
+        finally:
+            os.close(handle)
+    except OSError as error:
+        raise file_fault(error, path) from None
 
 
 #: The first characters that make a spreadsheet read a cell as a formula (OWASP, CSV Injection).

@@ -14,6 +14,7 @@ import json
 from typing import Any
 
 from uebench import precision
+from uebench.plugin_flags import plugin_flag
 from uebench.registry import METHODS, REGISTRIES, Registry, factory_path
 from uebench.version import is_builtin, plugin_code, plugin_provenance
 
@@ -60,11 +61,9 @@ def method_identity(spec: str, *, crafting: bool = False) -> dict[str, Any]:
         resolved = resolved.without_common()
     canonical = _with_code(resolved.canonical(), resolved.factory, METHODS)
     # A method whose result depends on more than its options (``file``: the file's content)
-    # says so here; no other method has the hook, so their identities are unchanged.
-    identify = getattr(resolved.factory, "identity_options", None)
-    if callable(identify):
-        canonical["options"] = identify(canonical["options"])
-    revision = getattr(resolved.factory, "revision", 0)
+    # says so here; the default leaves the options as they are.
+    canonical["options"] = plugin_flag(resolved.factory, "identity_options")(canonical["options"])
+    revision = plugin_flag(resolved.factory, "revision")
     if revision:
         canonical["revision"] = revision
     for key, kind in nested_specs(resolved.factory).items():
@@ -76,7 +75,7 @@ def method_identity(spec: str, *, crafting: bool = False) -> dict[str, Any]:
 
 def nested_specs(factory: Any) -> dict[str, str]:
     """Option name -> registry kind, for a method's options that hold another plugin's spec."""
-    return {**NESTED_SPECS, **getattr(factory, "nested_specs", {})}
+    return {**NESTED_SPECS, **plugin_flag(factory, "nested_specs")}
 
 
 def nested_method_specs(spec: str) -> list[str]:
@@ -93,7 +92,7 @@ def nested_method_specs(spec: str) -> list[str]:
 def _with_code(canonical: dict[str, Any], factory: Any, registry: Registry) -> dict[str, Any]:
     # Options a plugin gained after its configurations were recorded (``late_options``: name
     # -> default) stay out of its identity at their default, so old cell ids and keys hold.
-    for name, default in getattr(factory, "late_options", {}).items():
+    for name, default in plugin_flag(factory, "late_options").items():
         if name in canonical.get("options", {}) and canonical["options"][name] == default:
             canonical = {**canonical, "options": dict(canonical["options"])}
             del canonical["options"][name]
@@ -165,7 +164,7 @@ def poison_key(method: str, data_fingerprint: str, train_config: dict[str, Any] 
         "data": data_fingerprint,
         "train": train_config if uses_victim_training(method) else None,
     }
-    if getattr(factory, "crafts_by_gradient", False):
+    if plugin_flag(factory, "crafts_by_gradient"):
         # Only gradient-crafted poisons changed when crafting left bf16 (issue 19): others
         # keep their keys.  Read at call time: the precision is a setting of the crafting module.
         parts["craft_precision"] = precision.CRAFT_PRECISION
@@ -177,4 +176,4 @@ def uses_victim_training(method: str) -> bool:
     ``uses_victim_training``, or a method it builds on (``mix``'s parts, ``transfer``'s
     method) does, so a composite of such a method is never reused under other settings."""
     specs = [method, *nested_method_specs(method)]
-    return any(getattr(METHODS.resolve(s).factory, "uses_victim_training", False) for s in specs)
+    return any(plugin_flag(METHODS.resolve(s).factory, "uses_victim_training") for s in specs)

@@ -16,13 +16,14 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from uebench.cache import PoisonCache, SourceCache
 from uebench.data import ImageData
 from uebench.errors import FileFault, UebenchError
 from uebench.execution import Execution
 from uebench.identity import poison_key
+from uebench.plugin_flags import MethodFlags, plugin_flag
 from uebench.poison import Poison
 from uebench.registry import ARCHS, METHODS
+from uebench.storage.cache import PoisonCache, SourceCache
 from uebench.threat import ThreatModel
 from uebench.training import TrainConfig
 
@@ -70,7 +71,7 @@ class CraftContext:
         """This context as ``method`` (crafting ``spec``) may use it: ``train_config`` only
         when the method declares ``uses_victim_training``."""
         view = copy.copy(self)
-        view._undeclared = None if getattr(method, "uses_victim_training", False) else spec
+        view._undeclared = None if plugin_flag(method, "uses_victim_training") else spec
         return view
 
     def craft(self, method: str, data: ImageData) -> Poison:
@@ -116,21 +117,13 @@ class CraftContext:
         return tqdm(iterable, desc=desc, leave=False, disable=not self.progress, dynamic_ncols=True)
 
 
-class Method:
-    """Base class of noise methods; subclasses set their options in ``__init__``."""
+class Method(MethodFlags):
+    """Base class of noise methods; subclasses set their options in ``__init__``.
 
-    #: True when :meth:`craft` trains a source model with the grid's training config, which
-    #: then becomes part of the poison's cache key.
-    uses_victim_training: bool = False
-    #: True when :meth:`craft` takes gradient steps (on the noise or a source model): its
-    #: poison key then names the crafting precision (:data:`uebench.precision.CRAFT_PRECISION`),
-    #: so poisons crafted under bf16 autocast before crafting became fp32 are not reused.
-    crafts_by_gradient: bool = False
-    #: Raised by one when what :meth:`craft` computes at the same options changes (a fix that
-    #: brings it closer to its paper's code): it then joins the method's identity, so cell ids
-    #: and cached poisons of the earlier computation are never reused.  At 0 (the default) it
-    #: stays out, so identities are what they were.
-    revision: int = 0
+    Class attributes tell the harness more (:class:`~uebench.plugin_flags.MethodFlags`, with
+    their defaults): ``uses_victim_training``, ``crafts_by_gradient``, ``revision``,
+    ``nested_specs``, ``late_options`` and the static method ``identity_options``.
+    """
 
     def craft(self, data: ImageData, ctx: CraftContext) -> Poison:
         raise NotImplementedError

@@ -27,7 +27,7 @@ from typing import Any
 from torch import nn
 
 from uebench.countermeasure import Countermeasure
-from uebench.errors import UebenchError
+from uebench.errors import UebenchError, named_error
 from uebench.method import Method
 from uebench.registry import REGISTRIES
 from uebench.spec import parse_spec
@@ -169,11 +169,11 @@ def _import(ref: PluginRef) -> Any:
                 "folder nor on PYTHONPATH)"
             ) from None
         raise UebenchError(
-            f"{ref.where()}: importing module {ref.module!r} failed: {_one_line(error)}"
+            f"{ref.where()}: importing module {ref.module!r} failed: {named_error(error)}"
         ) from error
     except Exception as error:  # the module's own code raised: one line naming it
         raise UebenchError(
-            f"{ref.where()}: importing module {ref.module!r} failed: {_one_line(error)}"
+            f"{ref.where()}: importing module {ref.module!r} failed: {named_error(error)}"
         ) from error
 
 
@@ -195,8 +195,3 @@ def _plugin_classes(module: Any) -> list[str]:
         and value.__module__ == module.__name__
         and _kind_of(value) is not None
     )
-
-
-def _one_line(error: BaseException) -> str:
-    text = " ".join(str(error).split()) or "no message"
-    return f"{type(error).__name__}: {text}"

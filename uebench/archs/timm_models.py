@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from uebench.errors import UebenchError
+from uebench.errors import UebenchError, one_line
 
 #: How to install the extra, for the error a missing timm gives.
 INSTALL_HINT = 'pip install "uebench[timm]"'
@@ -68,7 +68,7 @@ def timm_model(
     try:
         model = timm.create_model(name, num_classes=num_classes, in_chans=in_shape[0], **options)
     except Exception as error:  # timm raises many kinds for options a model does not take
-        message = " ".join(str(error).split()) or type(error).__name__
+        message = one_line(error)
         raise UebenchError(f"timm could not build {name!r} with {options}: {message}") from None
     config = getattr(model, "pretrained_cfg", None) or {}
     channels = in_shape[0]
@@ -89,7 +89,7 @@ def _check_input(model: nn.Module, name: str, in_shape: tuple[int, int, int]) ->
         with torch.no_grad():
             model(torch.zeros(1, *in_shape))
     except Exception as error:
-        message = " ".join(str(error).split()) or type(error).__name__
+        message = one_line(error)
         size = f"{in_shape[1]}×{in_shape[2]}"
         raise UebenchError(
             f"timm:{name} does not take {size} images ({message}); ViTs need "

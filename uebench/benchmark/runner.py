@@ -29,9 +29,9 @@ from uebench.benchmark.table import (
 from uebench.errors import UebenchError
 from uebench.grid import GridConfig, run_grid
 from uebench.grid.protocols import Protocol
-from uebench.records import read_record
 from uebench.results.references import available_sources, resolve_source
 from uebench.results.report import write_report
+from uebench.storage.records import read_record
 
 #: What a bench runs on unless told otherwise (issue 29: the CPU protocol on CIFAR-10).
 DEFAULT_DATASET = "cifar10"

@@ -18,7 +18,7 @@ from typing import Any
 
 import pandas as pd
 
-from uebench.baseline import near_chance, near_chance_warning
+from uebench.analysis.baseline import near_chance, near_chance_warning
 from uebench.benchmark.findings import findings
 from uebench.benchmark.score import SCORE_COLUMNS, is_clean, suite_columns, suite_keys, worst_case
 from uebench.benchmark.suites import Suite

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from uebench.certify import DEFAULT_ETAS, certify_model, save_certificate
+from uebench.analysis.certify import DEFAULT_ETAS, certify_model, save_certificate
 from uebench.cli.plugins import add_plugin_flag, require_record_plugins
 from uebench.data import ImageData
 from uebench.datasets import load_dataset
@@ -28,9 +28,9 @@ from uebench.errors import UebenchError
 from uebench.grid.cell import load_cell_data
 from uebench.identity import poison_key
 from uebench.poison import Poison
-from uebench.records import read_record
 from uebench.registry import ARCHS
 from uebench.spec import parse_float
+from uebench.storage.records import read_record
 from uebench.training import resolve_device
 
 

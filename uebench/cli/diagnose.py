@@ -10,7 +10,7 @@ from typing import Any
 
 import pandas as pd
 
-from uebench.diagnostics import clean_baselines, record_setting, shortcut_speed
+from uebench.analysis.diagnostics import clean_baselines, record_setting, shortcut_speed
 from uebench.errors import UebenchError
 from uebench.grid.store import ResultStore
 

@@ -37,8 +37,8 @@ from uebench.files import (
 )
 from uebench.grid.cell import Cell, cell_poison, craft_poison, load_cell_data
 from uebench.poison import Poison
-from uebench.poison_files import change_norms, published_sha256
-from uebench.records import read_record
+from uebench.storage.poison_files import change_norms, published_sha256
+from uebench.storage.records import read_record
 from uebench.training import TrainConfig
 from uebench.version import code_version
 
@@ -92,7 +92,7 @@ def _export(args: argparse.Namespace) -> None:
 
 
 def read_export_record(path: Path) -> dict[str, Any]:
-    """A cell record as ``uebench run`` wrote it (:func:`uebench.records.read_record`, with
+    """A cell record as ``uebench run`` wrote it (:func:`uebench.storage.records.read_record`, with
     what recreating its poison needs); anything else is one line."""
     if path.is_dir():
         raise UebenchError(

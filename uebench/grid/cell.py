@@ -16,13 +16,21 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from uebench.cache import PoisonCache
-from uebench.countermeasure import TrainingContext, TrainSet, build_countermeasure
+from uebench.analysis.diagnostics import (
+    backdoor_success_rate,
+    per_class_accuracy,
+    poison_separability,
+)
+from uebench.countermeasure import (
+    Countermeasure,
+    TrainingContext,
+    TrainSet,
+    build_countermeasure,
+)
 from uebench.data import ImageData
 from uebench.datasets import load_dataset
-from uebench.diagnostics import backdoor_success_rate, per_class_accuracy, poison_separability
 from uebench.errors import UebenchError, plugin_errors
-from uebench.execution import execution_for
+from uebench.execution import Execution, execution_for
 from uebench.files import atomic_write
 from uebench.grid.protocols import resolve_protocol
 from uebench.identity import (
@@ -37,6 +45,7 @@ from uebench.method import CraftContext
 from uebench.poison import Poison
 from uebench.registry import ARCHS
 from uebench.scenarios import spec_poison
+from uebench.storage.cache import PoisonCache
 from uebench.training import (
     EpochStats,
     TrainConfig,
@@ -206,6 +215,16 @@ def cell_plugins(cell: Cell) -> list[dict[str, Any]]:
     ]
 
 
+@dataclass(frozen=True)
+class VictimScores:
+    """What a trained victim measures on the clean test set once all training is done."""
+
+    accuracy: float  # clean test accuracy in percent
+    confusion: torch.Tensor  # K×K counts, rows the true class
+    per_class: torch.Tensor  # accuracy in percent per class (NaN for a class without images)
+    backdoor: float | None  # backdoor success rate (None when the poison is not class-wise)
+
+
 @dataclass
 class TrainedVictim:
     """A cell's victim after training under its countermeasure, and what it measured."""
@@ -215,9 +234,7 @@ class TrainedVictim:
     history: list[EpochStats]
     trained_acc: float  # the last epoch's clean test accuracy
     final_acc: float  # the same, or after the countermeasure's ``after_training``
-    confusion: torch.Tensor
-    per_class: torch.Tensor
-    backdoor: float | None  # backdoor success rate (None when the poison is not class-wise)
+    scores: VictimScores
     best: int  # index into ``history`` of the best epoch
     selected: int  # index into ``history`` of the epoch the countermeasure selects
 
@@ -291,32 +308,71 @@ def train_victim(
     training = f"cell {cell.name()} (countermeasure {cell.defense!r}, arch {cell.arch!r})"
     with plugin_errors(training, "training"):
         countermeasure = build_countermeasure(cell.defense)
-        trainset = countermeasure.prepare(
-            TrainSet(
-                poison.apply(data.x_train),
-                data.y_train,
-                data.x_train,
-                poison.rows >= 0,
-                num_classes=data.num_classes,
-            ),
-            generator,
-        )
+        trainset = countermeasure.prepare(poisoned_trainset(data, poison), generator)
         check_unchanged()
         model = ARCHS.build(cell.arch, data.num_classes, data.image_shape)
-        bar = tqdm(
-            total=cell.train.whole_epochs,
-            desc=cell.name(),
-            leave=False,
-            disable=not progress,
-            dynamic_ncols=True,
+        history = train_with_progress(
+            cell, model, trainset, data, countermeasure, device, generator, execution, progress
         )
+        hooked = countermeasure.overrides("after_training")
+        if hooked:
+            after_training(cell, countermeasure, model, trainset, data, device, generator)
+        scores = score_victim(cell, model, poison, data, device, execution)
+        selected = countermeasure.select(history)
+    # Training hooks (augment, train_step, after_training) see the data too.
+    check_unchanged()
+    trained_acc = history[-1].test_acc
+    return TrainedVictim(
+        model=model,
+        trainset=trainset,
+        history=history,
+        trained_acc=trained_acc,
+        final_acc=scores.accuracy if hooked else trained_acc,
+        scores=scores,
+        best=max(range(len(history)), key=lambda i: history[i].test_acc),
+        selected=selected,
+    )
+
+
+def poisoned_trainset(data: ImageData, poison: Poison) -> TrainSet:
+    """The training set a data thief collects: the training images with ``poison`` applied,
+    before any countermeasure."""
+    return TrainSet(
+        poison.apply(data.x_train),
+        data.y_train,
+        data.x_train,
+        poison.rows >= 0,
+        num_classes=data.num_classes,
+    )
+
+
+def train_with_progress(
+    cell: Cell,
+    model: torch.nn.Module,
+    trainset: TrainSet,
+    data: ImageData,
+    countermeasure: Countermeasure,
+    device: torch.device,
+    generator: torch.Generator,
+    execution: Execution,
+    progress: bool,
+) -> list[EpochStats]:
+    """:func:`uebench.training.train` on ``trainset`` under ``countermeasure``, with a progress
+    bar that shows each epoch's clean test accuracy."""
+    with tqdm(
+        total=cell.train.whole_epochs,
+        desc=cell.name(),
+        leave=False,
+        disable=not progress,
+        dynamic_ncols=True,
+    ) as bar:
 
         def on_epoch(stats: EpochStats) -> None:
             bar.update()
             bar.set_postfix(test_acc=f"{stats.test_acc:.1f}")
 
         val = (trainset.x_val, trainset.y_val) if trainset.x_val is not None else None
-        history = train(
+        return train(
             model,
             trainset.x,
             trainset.y,
@@ -329,54 +385,54 @@ def train_victim(
             on_epoch=on_epoch,
             execution=execution,
         )
-        bar.close()
 
-        trained_acc = history[-1].test_acc
-        final_acc = trained_acc
-        if countermeasure.overrides("after_training"):
-            context = TrainingContext(
-                device,
-                cell.train,
-                generator,
-                (data.x_test, data.y_test),
-                data.num_classes,
-                cell.arch,
-            )
-            trainset.notes.update(countermeasure.after_training(model, trainset, context))
 
-        config = cell.train
-        predicted = predict(
-            model, data.x_test, device, config.eval_batch_size, config.amp, config.tta, execution
-        )
-        confusion = confusion_matrix(predicted, data.y_test, data.num_classes)
-        per_class = per_class_accuracy(confusion)
-        backdoor = backdoor_success_rate(
-            model,
-            poison,
-            data.x_test,
-            data.y_test,
-            data.num_classes,
-            device,
-            torch.Generator().manual_seed(cell.seed),
-            cell.train.eval_batch_size,
-        )
-        if countermeasure.overrides("after_training"):
-            final_acc = 100.0 * float((predicted == data.y_test).float().mean())
-        best = max(range(len(history)), key=lambda i: history[i].test_acc)
-        selected = countermeasure.select(history)
-    # Training hooks (augment, train_step, after_training) see the data too.
-    check_unchanged()
-    return TrainedVictim(
+def after_training(
+    cell: Cell,
+    countermeasure: Countermeasure,
+    model: torch.nn.Module,
+    trainset: TrainSet,
+    data: ImageData,
+    device: torch.device,
+    generator: torch.Generator,
+) -> None:
+    """The countermeasure's model-level hook (recovery fine-tuning, ...) on the trained
+    victim; the notes it returns join the training set's, which the record keeps."""
+    test = (data.x_test, data.y_test)
+    context = TrainingContext(device, cell.train, generator, test, data.num_classes, cell.arch)
+    trainset.notes.update(countermeasure.after_training(model, trainset, context))
+
+
+def score_victim(
+    cell: Cell,
+    model: torch.nn.Module,
+    poison: Poison,
+    data: ImageData,
+    device: torch.device,
+    execution: Execution,
+) -> VictimScores:
+    """The trained victim's clean test accuracy, confusion matrix, per-class accuracy and
+    backdoor success rate, evaluated as the cell's training config evaluates."""
+    config = cell.train
+    predicted = predict(
+        model, data.x_test, device, config.eval_batch_size, config.amp, config.tta, execution
+    )
+    confusion = confusion_matrix(predicted, data.y_test, data.num_classes)
+    backdoor = backdoor_success_rate(
         model,
-        trainset,
-        history,
-        trained_acc,
-        final_acc,
-        confusion,
-        per_class,
-        backdoor,
-        best,
-        selected,
+        poison,
+        data.x_test,
+        data.y_test,
+        data.num_classes,
+        device,
+        torch.Generator().manual_seed(cell.seed),
+        config.eval_batch_size,
+    )
+    return VictimScores(
+        accuracy=100.0 * float((predicted == data.y_test).float().mean()),
+        confusion=confusion,
+        per_class=per_class_accuracy(confusion),
+        backdoor=backdoor,
     )
 
 
@@ -392,11 +448,30 @@ def cell_record(
 ) -> dict[str, Any]:
     """The cell's record (one JSON file in the result store): what ran, on which code and data,
     and what the victim measured; :func:`run_cell` adds ``wall_time_s``."""
-    history, trainset = victim.history, victim.trainset
-    best, selected = victim.best, victim.selected
     return {
         "model_path": str(model_path) if model_path is not None else None,
         "model_sha256": model_sha256,
+        **cell_fields(cell),
+        "train_size": len(data.y_train),
+        "test_size": len(data.y_test),
+        **victim_fields(victim, data),
+        **poison_fields(poison, data, victim.trainset),
+        "countermeasure_notes": victim.trainset.notes,
+        "data_fingerprint": data.fingerprint(),
+        "config": {**asdict(cell), "identity": cell.planned},
+        "code_version": code_version(),
+        "plugins": cell_plugins(cell),
+        "device": str(device),
+        "craft_time_s": craft_seconds,
+        "wall_time_s": None,  # run_cell's, once the record is built
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def cell_fields(cell: Cell) -> dict[str, Any]:
+    """A record's part that says which cell ran: its id, specs as written and as resolved,
+    protocol, seed and training recipe."""
+    return {
         "cell_id": cell.cell_id,
         "dataset": cell.dataset,
         "method": cell.method_label or cell.method,
@@ -411,8 +486,15 @@ def cell_record(
         "seed": cell.seed,
         "epochs": cell.train.epochs,
         "recipe": cell.train.recipe(),  # every ingredient of the training recipe, set or not
-        "train_size": len(data.y_train),
-        "test_size": len(data.y_test),
+    }
+
+
+def victim_fields(victim: TrainedVictim, data: ImageData) -> dict[str, Any]:
+    """A record's part that says what the victim measured: accuracies (final, best, selected,
+    per epoch, per class), the confusion matrix and the backdoor success rate."""
+    history, best, selected = victim.history, victim.best, victim.selected
+    per_class = victim.scores.per_class.tolist()
+    return {
         "final_acc": victim.final_acc,
         "trained_acc": victim.trained_acc,
         "best_acc": history[best].test_acc,
@@ -422,9 +504,16 @@ def cell_record(
         "history": [asdict(stats) for stats in history],
         "classes": list(data.classes),
         "num_classes": data.num_classes,
-        "confusion_matrix": victim.confusion.tolist(),
-        "per_class_acc": [None if value != value else value for value in victim.per_class.tolist()],
-        "backdoor_success": victim.backdoor,
+        "confusion_matrix": victim.scores.confusion.tolist(),
+        "per_class_acc": [None if value != value else value for value in per_class],
+        "backdoor_success": victim.scores.backdoor,
+    }
+
+
+def poison_fields(poison: Poison, data: ImageData, trainset: TrainSet) -> dict[str, Any]:
+    """A record's part that says what the poison was: its hash, threat model, metadata, the
+    share of the training set it reached and how separable its noise is."""
+    return {
         "shortcut_separability": poison_separability(poison, data),
         "poison_hash": poison.content_hash(),
         "threat": poison.threat.describe(),
@@ -435,13 +524,4 @@ def cell_record(
             "threat": poison.threat.describe(),
             "poisoned_fraction": float(trainset.poisoned.float().mean()),
         },
-        "countermeasure_notes": trainset.notes,
-        "data_fingerprint": data.fingerprint(),
-        "config": {**asdict(cell), "identity": cell.planned},
-        "code_version": code_version(),
-        "plugins": cell_plugins(cell),
-        "device": str(device),
-        "craft_time_s": craft_seconds,
-        "wall_time_s": None,  # run_cell's, once the record is built
-        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import typing
 from collections.abc import Callable, Mapping
@@ -142,8 +143,9 @@ class GridConfig:
             folders.append(("out", out / "models"))
         for key, folder in folders:
             check_writable(key, folder)
-        # results.csv is replaced atomically after each cell: a folder (or other non-file) in
-        # its place, or a file its owner made read-only, would only fail after the first cell.
+        # results.csv is rewritten as a run starts and grows by a row after each cell: a folder
+        # (or other non-file) in its place, or a file its owner made read-only, would
+        # otherwise fail only once the run has started.
         table = out / "results.csv"
         if table.exists() or table.is_symlink():
             if not table.is_file():
@@ -196,58 +198,65 @@ class GridConfig:
         methods = [(label, protocol.method_spec(label)) for label in self.methods]
         defenses = [(label, protocol.defense_spec(label)) for label in self.defenses]
         archs = self.archs if self.archs is not None else list(protocol.archs)
-        count = len(set(self.seeds)) * len(archs) * len(defenses) * len(methods)
-        if count > self.max_cells:
-            raise UebenchError(
-                f"the grid has {count} cells ({len(methods)} methods × {len(defenses)} "
-                f"defenses × {len(archs)} archs × {len(set(self.seeds))} seeds), more than "
-                f"max_cells={self.max_cells}; raise --max-cells to run it"
-            )
-        for _, spec in methods:
-            method_identity(spec)
-            # Building is cheap and runs the plugin's own option checks (its __init__).
-            with plugin_errors(f"method {spec!r}", "checking its options"):
-                METHODS.resolve(spec).without_common().build()
-        for _, spec in defenses:
-            with plugin_errors(f"countermeasure {spec!r}", "checking its options"):
-                build_countermeasure(spec)
-        for spec in archs:
-            ARCHS.resolve(spec)  # building one needs the data's classes and image shape
+        self._check_size(len(methods), len(defenses), len(archs))
+        _check_specs([spec for _, spec in methods], [spec for _, spec in defenses], archs)
         resolve_device(self.device)
         config = self.train_config()
         cache_dir = str(self.cache_folder())
         cells: dict[str, Cell] = {}
-        for seed in self.seeds:
-            for arch in archs:
-                for defense_label, defense in defenses:
-                    for method_label, method in methods:
-                        cell = Cell(
-                            dataset=self.dataset,
-                            method=method,
-                            defense=defense,
-                            arch=arch,
-                            seed=seed,
-                            train=config,
-                            data_root=self.data_root,
-                            train_size=_first(self.train_size, protocol.train_size),
-                            test_size=_first(self.test_size, protocol.test_size),
-                            device=self.device,
-                            cache_dir=cache_dir,
-                            protocol=protocol.name,
-                            method_label=method_label,
-                            defense_label=defense_label,
-                            compile=self.compile,
-                        )
-                        first = cells.setdefault(cell.cell_id, cell)
-                        if first is not cell and report is not None:
-                            report(
-                                f"{cell.name()} is the same cell as {first.name()}; running it once"
-                            )
+        grid = itertools.product(self.seeds, archs, defenses, methods)
+        for seed, arch, (defense_label, defense), (method_label, method) in grid:
+            cell = Cell(
+                dataset=self.dataset,
+                method=method,
+                defense=defense,
+                arch=arch,
+                seed=seed,
+                train=config,
+                data_root=self.data_root,
+                train_size=_first(self.train_size, protocol.train_size),
+                test_size=_first(self.test_size, protocol.test_size),
+                device=self.device,
+                cache_dir=cache_dir,
+                protocol=protocol.name,
+                method_label=method_label,
+                defense_label=defense_label,
+                compile=self.compile,
+            )
+            first = cells.setdefault(cell.cell_id, cell)
+            if first is not cell and report is not None:
+                report(f"{cell.name()} is the same cell as {first.name()}; running it once")
         if not cells:
             raise UebenchError(
                 "the grid is empty: give at least one method, countermeasure and seed"
             )
         return list(cells.values())
+
+    def _check_size(self, methods: int, defenses: int, archs: int) -> None:
+        """Refuse a grid of more than ``max_cells`` cells before any spec is checked."""
+        seeds = len(set(self.seeds))
+        count = seeds * archs * defenses * methods
+        if count > self.max_cells:
+            raise UebenchError(
+                f"the grid has {count} cells ({methods} methods × {defenses} "
+                f"defenses × {archs} archs × {seeds} seeds), more than "
+                f"max_cells={self.max_cells}; raise --max-cells to run it"
+            )
+
+
+def _check_specs(methods: list[str], defenses: list[str], archs: list[str]) -> None:
+    """Resolve every spec and build every method and countermeasure once: unknown names,
+    bad options and a plugin's own option checks (its ``__init__``) fail in one line here."""
+    for spec in methods:
+        method_identity(spec)
+        # Building is cheap and runs the plugin's own option checks (its __init__).
+        with plugin_errors(f"method {spec!r}", "checking its options"):
+            METHODS.resolve(spec).without_common().build()
+    for spec in defenses:
+        with plugin_errors(f"countermeasure {spec!r}", "checking its options"):
+            build_countermeasure(spec)
+    for spec in archs:
+        ARCHS.resolve(spec)  # building one needs the data's classes and image shape
 
 
 def add_run_flags(parser: argparse.ArgumentParser) -> None:

@@ -25,7 +25,6 @@ from typing import Any
 
 import torch
 
-from uebench.cache import PoisonCache
 from uebench.countermeasure import build_countermeasure
 from uebench.data import ImageData
 from uebench.errors import plugin_errors
@@ -35,6 +34,7 @@ from uebench.grid.config import GridConfig
 from uebench.grid.protocols import Protocol
 from uebench.identity import nested_method_specs, poison_key
 from uebench.registry import ARCHS, METHODS
+from uebench.storage.cache import PoisonCache
 from uebench.training import TrainConfig, resolve_device, train
 
 #: Seconds one architecture's probe aims to spend on timed steps.

@@ -41,9 +41,8 @@ from typing import Any
 import pandas as pd
 from tqdm.auto import tqdm
 
-from uebench.cache import PoisonCache, SourceCache
 from uebench.data import ImageData
-from uebench.errors import UebenchError
+from uebench.errors import UebenchError, named_error
 from uebench.execution import execution_for
 from uebench.files import atomic_write
 from uebench.grid.cell import (
@@ -71,6 +70,7 @@ from uebench.method import CraftContext, check_cache_hit
 from uebench.plugin_loader import plugin_modules
 from uebench.poison import Poison
 from uebench.registry import REGISTRIES
+from uebench.storage.cache import PoisonCache, SourceCache
 from uebench.training import resolve_device
 from uebench.version import code_version
 
@@ -309,8 +309,7 @@ def _reason(error: BaseException) -> str:
     cause = getattr(error, "cause", None)
     if isinstance(cause, BaseException):
         error = cause
-    text = " ".join(str(error).split()) or "no message"
-    return f"{type(error).__name__}: {text[:300]}"
+    return named_error(error)
 
 
 def _check_fits(ray: Any, resources: Resources, local: bool) -> None:
@@ -428,8 +427,8 @@ def run_grid_ray(config: GridConfig) -> pd.DataFrame:
     left = {cell.cell_id for cell in todo}  # those another process holds, once claimed below
     todo = _claim(store, todo)
     left -= {cell.cell_id for cell in todo}
+    store.write_csv()  # the table so far, to which each finished cell appends its row
     if not todo:
-        store.write_csv()
         return grid_table(store, cells)
     announce_grid(config, todo, None, tqdm.write, lambda line: tqdm.write(line, file=sys.stderr))
     pending: dict[Any, Any] = {}
@@ -554,7 +553,20 @@ def _run(
     resources: Resources,
     pending: dict[Any, Any],
 ) -> list[str]:
-    """Submit the plan, then write each result as it arrives; the failed cells' lines."""
+    """Submit the plan, then write each result as it arrives; the failed cells' names."""
+    plan, tracker = _submit(ray, config, todo, resources, pending)
+    return _collect(ray, config, store, plan, tracker, pending, len(todo))
+
+
+def _submit(
+    ray: Any,
+    config: GridConfig,
+    todo: list[Cell],
+    resources: Resources,
+    pending: dict[Any, Any],
+) -> tuple[_Plan, Any]:
+    """Submit the grid's craftings and cells as Ray tasks (each task's reference into
+    ``pending``); the plan and the actor that tracks started cells (None without progress)."""
     options = {**resources.options(), "max_retries": MAX_RETRIES, "retry_exceptions": False}
     craft = ray.remote(craft_task).options(num_returns=2, **options)
     run = ray.remote(cell_task).options(**options)
@@ -583,10 +595,24 @@ def _run(
             config.save_models,
         )
         pending[ref] = ("cell", cell)
+    return plan, tracker
+
+
+def _collect(
+    ray: Any,
+    config: GridConfig,
+    store: ResultStore,
+    plan: _Plan,
+    tracker: Any,
+    pending: dict[Any, Any],
+    cells: int,
+) -> list[str]:
+    """Write each task's result as it arrives (poisons into the cache, records into the
+    store) under a progress bar, until ``pending`` is empty; the failed cells' names."""
     failures: list[str] = []
     done, crafted, ours = 0, 0, code_version()
     bar = tqdm(
-        total=len(todo), desc="grid", unit="cell", disable=not config.progress, dynamic_ncols=True
+        total=cells, desc="grid", unit="cell", disable=not config.progress, dynamic_ncols=True
     )
     while pending:
         ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
@@ -595,36 +621,15 @@ def _run(
             if kind == "poison":
                 crafted += _save_poison(ray, plan.crafting[what], ref, config.progress)
                 continue
-            cell = what
-            try:
-                record, model = ray.get(ref)
-            except ray.exceptions.RayError as error:
-                failures.append(cell.name())
-                store.release(cell.cell_id)
-                tqdm.write(failure_line(cell, _reason(error)), file=sys.stderr)
-                bar.update()
-                continue
-            if record.get("code_version") != ours:
-                tqdm.write(
-                    f"uebench: warning: {cell.name()} ran on {record['node']} with code "
-                    f"{record.get('code_version')}, the driver has {ours}",
-                    file=sys.stderr,
-                )
-            # The driver's view of what the cell is, so the record's identity hashes to its
-            # cell id even for a plugin shipped by value (whose source a worker cannot hash).
-            record["config"]["identity"] = cell.planned
-            record["plugins"] = cell_plugins(cell)
-            if model is not None:
-                path = store.root / "models" / f"{cell.cell_id}.pt"
-                atomic_write(path, lambda handle, data=model: handle.write(data))
-                record["model_path"] = str(path)
-            store.write(record)
-            store.write_csv()
-            done += 1
+            record = _store_cell(ray, store, what, ref, ours)
             bar.update()
+            if record is None:
+                failures.append(what.name())
+                continue
+            done += 1
             if config.progress:
                 tqdm.write(
-                    f"uebench: {cell.name()}: {record['final_acc']:.1f}% "
+                    f"uebench: {what.name()}: {record['final_acc']:.1f}% "
                     f"({record['wall_time_s']:.0f} s)"
                 )
         if config.progress:
@@ -639,6 +644,35 @@ def _run(
             bar.refresh()
     bar.close()
     return failures
+
+
+def _store_cell(
+    ray: Any, store: ResultStore, cell: Cell, ref: Any, ours: dict[str, Any]
+) -> dict[str, Any] | None:
+    """Write a finished cell task's record (and model) through ``store``; None, said in one
+    line on stderr, when the task failed (its claim is released: a rerun retries it)."""
+    try:
+        record, model = ray.get(ref)
+    except ray.exceptions.RayError as error:
+        store.release(cell.cell_id)
+        tqdm.write(failure_line(cell, _reason(error)), file=sys.stderr)
+        return None
+    if record.get("code_version") != ours:
+        tqdm.write(
+            f"uebench: warning: {cell.name()} ran on {record['node']} with code "
+            f"{record.get('code_version')}, the driver has {ours}",
+            file=sys.stderr,
+        )
+    # The driver's view of what the cell is, so the record's identity hashes to its cell id
+    # even for a plugin shipped by value (whose source a worker cannot hash).
+    record["config"]["identity"] = cell.planned
+    record["plugins"] = cell_plugins(cell)
+    if model is not None:
+        path = store.root / "models" / f"{cell.cell_id}.pt"
+        atomic_write(path, lambda handle, data=model: handle.write(data))
+        record["model_path"] = str(path)
+    store.add(record)
+    return record
 
 
 def _running(ray: Any, tracker: Any, pending: dict[Any, Any]) -> int | str:

@@ -49,6 +49,8 @@ def run_local(config: GridConfig) -> pd.DataFrame:
             announce_grid(config, todo, threads, tqdm.write, _warn)
         if config.progress:
             tqdm.write(f"uebench: torch threads: {why}")
+    if todo:  # the table so far, to which each finished cell appends its row
+        store.write_csv()
     bar = tqdm(
         total=len(todo),
         desc="grid",
@@ -123,8 +125,7 @@ def _run_one(cell: Cell, store: ResultStore, config: GridConfig, threads: int) -
     model_path = store.root / "models" / f"{cell.cell_id}.pt" if config.save_models else None
     record = run_cell(cell, config.progress, model_path)
     record.update(threads=threads, backend="local", node=socket.gethostname())
-    store.write(record)
-    store.write_csv()
+    store.add(record)
     if config.progress:
         tqdm.write(
             f"uebench: {cell.name()}: {record['final_acc']:.1f}% ({record['wall_time_s']:.0f} s)"

@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ import pandas as pd
 
 from uebench.errors import UebenchError
 from uebench.files import (
+    append_csv,
     atomic_write,
     file_fault,
     remove_stale_temporaries,
@@ -33,7 +34,7 @@ from uebench.files import (
     write_csv,
     writer_alive,
 )
-from uebench.records import read_record  # the one validation every reader shares
+from uebench.storage.records import read_record  # the one validation every reader shares
 
 try:  # claims are serialized with flock where there is one (not on Windows)
     import fcntl
@@ -72,14 +73,23 @@ CSV_COLUMNS = [
     "wall_time_s",
     "cell_id",
 ]
+#: How results.csv writes floats (accuracies in percent, seconds).
+CSV_FLOAT_FORMAT = "%.2f"
 
 
 class ResultStore:
-    """``DIR/cells/<cell_id>.json`` records and ``DIR/results.csv`` (always rebuildable)."""
+    """``DIR/cells/<cell_id>.json`` records and ``DIR/results.csv`` (always rebuildable).
+
+    A run rewrites results.csv from every record when it starts and when it ends
+    (:meth:`write_csv`) and appends each cell's row as the cell finishes (:meth:`add`), so a
+    run killed at any moment leaves the rows of the cells finished so far; the records are the
+    truth, and the next run rebuilds the table from them.
+    """
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
         self.cells = self.root / "cells"
+        self.csv_path = self.root / "results.csv"
         self._held: dict[str, str] = {}  # cell id -> the token written in our claim
         self._guard = threading.Lock()
         self._heartbeat: threading.Thread | None = None
@@ -235,6 +245,12 @@ class ResultStore:
         self.release(record["cell_id"])
         return path
 
+    def add(self, record: dict[str, Any]) -> Path:
+        """Write a finished cell's record (:meth:`write`), then append its row to results.csv."""
+        path = self.write(record)
+        append_csv(self.csv_path, _rows([record]), float_format=CSV_FLOAT_FORMAT)
+        return path
+
     def records(self, unreadable: str = "`uebench run` recomputes it") -> Iterator[dict[str, Any]]:
         """Every readable record; each unreadable one is skipped with a warning (see read)."""
         for path in sorted(self.cells.glob("*.json")):
@@ -244,18 +260,21 @@ class ResultStore:
 
     def table(self) -> pd.DataFrame:
         """One row per finished cell, columns :data:`CSV_COLUMNS`."""
-        rows = [{column: record.get(column) for column in CSV_COLUMNS} for record in self.records()]
-        frame = pd.DataFrame(rows, columns=CSV_COLUMNS)
-        return frame.sort_values(
+        return _rows(self.records()).sort_values(
             ["dataset", "arch", "defense", "method", "seed"], kind="stable", ignore_index=True
         )
 
     def write_csv(self) -> Path:
         """Rewrite ``results.csv`` from every record (text escaped against spreadsheet
         formulas, :func:`uebench.files.spreadsheet_safe`)."""
-        path = self.root / "results.csv"
-        write_csv(path, self.table(), float_format="%.2f")
-        return path
+        write_csv(self.csv_path, self.table(), float_format=CSV_FLOAT_FORMAT)
+        return self.csv_path
+
+
+def _rows(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
+    """The results.csv rows of ``records`` (columns :data:`CSV_COLUMNS`), in their order."""
+    rows = [{column: record.get(column) for column in CSV_COLUMNS} for record in records]
+    return pd.DataFrame(rows, columns=CSV_COLUMNS)
 
 
 #: (path, size, mtime) of the records warned about in this process: a run reads a record

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import pandas as pd
 
-from uebench.baseline import chance_level, near_chance, near_chance_warning
+from uebench.analysis.baseline import (
+    chance_level,
+    near_chance,
+    near_chance_warning,
+    stated_num_classes,
+)
 
 
 def summary(table: pd.DataFrame) -> str:
@@ -12,9 +17,9 @@ def summary(table: pd.DataFrame) -> str:
 
     Columns are countermeasures (with the architecture too when the grid has several); the
     ``clean`` row is marked as the baseline, chance is stated, and a countermeasure under which
-    even clean training stayed near chance is flagged (:func:`uebench.baseline.near_chance`,
-    the test the leaderboard, the report and ``uebench compare`` apply too): its column says
-    nothing about the noise.
+    even clean training stayed near chance is flagged
+    (:func:`uebench.analysis.baseline.near_chance`, the test the leaderboard, the report and
+    ``uebench compare`` apply too): its column says nothing about the noise.
     """
     if table.empty:
         return "(no results)"
@@ -24,7 +29,8 @@ def summary(table: pd.DataFrame) -> str:
         index="method", columns=columns, values="final_acc", aggfunc="mean", sort=False
     )
     seeds = table.groupby(["method", *columns])["seed"].nunique().max()
-    num_classes = _num_classes(table)
+    # The grid's class count K: the first row that states one (records may predate it).
+    num_classes = next(filter(None, map(stated_num_classes, table.to_dict("records"))), None)
     chance = chance_level(num_classes)
     lines = [
         f"clean test accuracy (%), final epoch, mean over {seeds} seed(s)"
@@ -39,10 +45,3 @@ def summary(table: pd.DataFrame) -> str:
                 where = "/".join(column) if isinstance(column, tuple) else column
                 lines.append(f"warning: {near_chance_warning(value, num_classes, where)}")
     return "\n".join(lines)
-
-
-def _num_classes(table: pd.DataFrame) -> int | None:
-    """The grid's class count K (None for records that predate ``num_classes``)."""
-    if "num_classes" not in table or table["num_classes"].isna().all():
-        return None
-    return int(table["num_classes"].dropna().iloc[0])

@@ -24,14 +24,19 @@ from typing import Any
 
 import pandas as pd
 
-from uebench.baseline import chance_level, near_chance, near_chance_warning
+from uebench.analysis.baseline import (
+    chance_level,
+    near_chance,
+    near_chance_warning,
+    stated_num_classes,
+)
 from uebench.benchmark.score import SCORE_COLUMNS, board_worst_case
 from uebench.benchmark.suites import Suite
 from uebench.errors import UebenchError
 from uebench.files import atomic_write, check_writable, write_csv
 from uebench.identity import countermeasure_identity, method_identity, plugin_identity
-from uebench.records import ACCURACY_METRICS, is_number, read_record
 from uebench.spec import parse_spec
+from uebench.storage.records import ACCURACY_METRICS, is_number, read_record
 from uebench.threat import ThreatModel
 
 #: How the pivot orders methods: by their mean over countermeasures, or by their worst case
@@ -151,7 +156,7 @@ def cells_frame(records: Sequence[dict[str, Any]]) -> pd.DataFrame:
         }
         for key in ("epochs", "train_size", "test_size"):
             row[key] = record.get(key)
-        row["num_classes"] = _num_classes(record)
+        row["num_classes"] = stated_num_classes(record)
         row["threat"] = _threat(record)
         separability = record.get("shortcut_separability")
         row["separability"] = float(separability) if is_number(separability) else None
@@ -205,14 +210,6 @@ def _threat(record: dict[str, Any]) -> str | None:
     return ThreatModel.linf(float(eps)).describe() if is_number(eps) else None
 
 
-def _num_classes(record: dict[str, Any]) -> int | None:
-    value = record.get("num_classes")
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    classes = record.get("classes")
-    return len(classes) if isinstance(classes, list) and classes else None
-
-
 def _is_clean(record: dict[str, Any]) -> bool:
     """Whether a record is the no-noise baseline (method ``clean``, any options)."""
     try:
@@ -257,6 +254,24 @@ def aggregate(cells: pd.DataFrame, metric: str = "final_acc") -> pd.DataFrame:
             f"no cell has a number for {metric!r}; numeric columns: {', '.join(known)}"
         )
     cells = cells.dropna(subset=[metric])
+    board = _ranked(_over_seeds(cells, metric), baselines(cells, metric))
+    if board["_key_protocol"].nunique() > 1:
+        codes = {key: i + 1 for i, key in enumerate(dict.fromkeys(board["_key_protocol"]))}
+        board["protocol"] = board["_key_protocol"].map(
+            lambda key: json.loads(key).get("name") or codes[key]
+        )
+    board["_defense_order"] = board["defense"].map(lambda d: (d != "none", d))
+    board = board.sort_values(
+        ["dataset", "arch", "epochs", "train_size", "_key_protocol", "_defense_order", "mean"],
+        kind="stable",
+    )
+    board = board.drop(columns=["_defense_order"]).reset_index(drop=True)
+    return board[_board_columns(board)]
+
+
+def _over_seeds(cells: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """One row per dataset × arch × protocol × countermeasure × method: ``metric``'s mean, std,
+    count, min and max over seeds, and the seeds."""
     keys = ["_key_dataset", "_key_arch", "_key_protocol", "_key_defense", "_key_method"]
     grouped = cells.groupby(keys, sort=False, dropna=False)
     board = grouped.agg(
@@ -277,7 +292,12 @@ def aggregate(cells: pd.DataFrame, metric: str = "final_acc") -> pd.DataFrame:
         seeds=("seed", lambda s: ",".join(str(v) for v in sorted(set(s)))),
     ).reset_index()
     board["metric"] = metric
-    base = baselines(cells, metric)
+    return board
+
+
+def _ranked(board: pd.DataFrame, base: pd.DataFrame) -> pd.DataFrame:
+    """``board`` with its setting's clean baseline (:func:`baselines`), ``baseline_ok`` and
+    ``rank`` within each setting (none where the clean row is near chance)."""
     board = board.merge(base, on=SETTING_KEYS, how="left")
     verdicts = [_truth(v) for v in board["near_chance"]]
     near = pd.Series([v is True for v in verdicts], index=board.index)
@@ -286,17 +306,11 @@ def aggregate(cells: pd.DataFrame, metric: str = "final_acc") -> pd.DataFrame:
     board["_num_classes"] = board["num_classes"]
     rank = board.groupby(SETTING_KEYS)["mean"].rank(method="min").astype("Int64")
     board["rank"] = rank.mask(near, pd.NA)
-    if board["_key_protocol"].nunique() > 1:
-        codes = {key: i + 1 for i, key in enumerate(dict.fromkeys(board["_key_protocol"]))}
-        board["protocol"] = board["_key_protocol"].map(
-            lambda key: json.loads(key).get("name") or codes[key]
-        )
-    board["_defense_order"] = board["defense"].map(lambda d: (d != "none", d))
-    board = board.sort_values(
-        ["dataset", "arch", "epochs", "train_size", "_key_protocol", "_defense_order", "mean"],
-        kind="stable",
-    )
-    board = board.drop(columns=["_defense_order"]).reset_index(drop=True)
+    return board
+
+
+def _board_columns(board: pd.DataFrame) -> list[str]:
+    """The board's columns in the order shown, then the hidden ones later steps read."""
     columns = [
         "dataset",
         "arch",
@@ -321,7 +335,7 @@ def aggregate(cells: pd.DataFrame, metric: str = "final_acc") -> pd.DataFrame:
     if "protocol" in board.columns:
         columns.append("protocol")
     hidden = [k for k in board.columns if k.startswith("_key_")] + ["_baseline", "_num_classes"]
-    return board[columns + hidden]
+    return columns + hidden
 
 
 def _truth(value: Any) -> bool | None:

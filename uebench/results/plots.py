@@ -191,55 +191,13 @@ def confusion_matrices(
     cells = cells_frame(records).reset_index(drop=True)
     cells["_record"] = range(len(records))
     paths = []
-    groups = _settings(cells)
-    for setting, group in groups:
+    for setting, group in _settings(cells):
         for defense, sub in group.groupby("defense", sort=False):
-            matrices: dict[str, np.ndarray] = {}
-            classes: list[str] = []
-            for method, cell_rows in sub.groupby("method", sort=False):
-                total = None
-                for position in cell_rows["_record"]:
-                    matrix = records[position].get("confusion_matrix")
-                    if not matrix:
-                        continue
-                    array = np.asarray(matrix, dtype=float)
-                    total = array if total is None else total + array
-                    classes = list(records[position].get("classes") or range(len(array)))
-                if total is not None:
-                    matrices[str(method)] = total
+            matrices, classes = _summed_confusions(records, sub)
             if not matrices:
                 continue
             methods = sorted(matrices, key=lambda m: (m != "clean", m))[:max_panels]
-            columns = min(3, len(methods))
-            rows = -(-len(methods) // columns)
-            k = len(classes)
-            side = 1.2 + 0.33 * k
-            figure, axes = plt.subplots(
-                rows, columns, figsize=(0.95 * side * columns, side * rows), squeeze=False
-            )
-            for axis in axes.flat[len(methods) :]:
-                axis.set_visible(False)
-            for axis, method in zip(axes.flat, methods, strict=False):
-                matrix = matrices[method]
-                percent = 100 * matrix / np.clip(matrix.sum(axis=1, keepdims=True), 1, None)
-                sns.heatmap(
-                    percent,
-                    vmin=0,
-                    vmax=100,
-                    cmap="rocket_r",
-                    annot=k <= 10,
-                    fmt=".0f",
-                    annot_kws={"size": 7},
-                    cbar=False,
-                    square=True,
-                    xticklabels=classes,
-                    yticklabels=classes,
-                    ax=axis,
-                )
-                accuracy = 100 * np.trace(matrix) / max(matrix.sum(), 1)
-                axis.set_title(f"{method}\naccuracy {accuracy:.1f}%", fontsize=9)
-                axis.set_xlabel("predicted")
-                axis.set_ylabel("true")
+            figure = _confusion_figure(plt, sns, {m: matrices[m] for m in methods}, classes)
             figure.suptitle(
                 f"Confusion matrices (% of true class): {_label(setting)} · {defense}", y=1.02
             )
@@ -247,6 +205,63 @@ def confusion_matrices(
             name = f"{slug('confusion', *setting[:2], defense)}.png"
             paths.append(save(figure, Path(out_dir) / name))
     return paths
+
+
+def _summed_confusions(
+    records: Sequence[dict[str, Any]], cells: pd.DataFrame
+) -> tuple[dict[str, np.ndarray], list[str]]:
+    """Per method of ``cells`` (rows of :func:`cells_frame` with ``_record``), its records'
+    confusion matrices summed over seeds; and the class names (none when no record has one)."""
+    matrices: dict[str, np.ndarray] = {}
+    classes: list[str] = []
+    for method, cell_rows in cells.groupby("method", sort=False):
+        total = None
+        for position in cell_rows["_record"]:
+            matrix = records[position].get("confusion_matrix")
+            if not matrix:
+                continue
+            array = np.asarray(matrix, dtype=float)
+            total = array if total is None else total + array
+            classes = list(records[position].get("classes") or range(len(array)))
+        if total is not None:
+            matrices[str(method)] = total
+    return matrices, classes
+
+
+def _confusion_figure(
+    plt: Any, sns: Any, matrices: dict[str, np.ndarray], classes: list[str]
+) -> Any:
+    """One heatmap panel per method (row-normalized, in percent), three panels a row."""
+    columns = min(3, len(matrices))
+    rows = -(-len(matrices) // columns)
+    k = len(classes)
+    side = 1.2 + 0.33 * k
+    figure, axes = plt.subplots(
+        rows, columns, figsize=(0.95 * side * columns, side * rows), squeeze=False
+    )
+    for axis in axes.flat[len(matrices) :]:
+        axis.set_visible(False)
+    for axis, (method, matrix) in zip(axes.flat, matrices.items(), strict=False):
+        percent = 100 * matrix / np.clip(matrix.sum(axis=1, keepdims=True), 1, None)
+        sns.heatmap(
+            percent,
+            vmin=0,
+            vmax=100,
+            cmap="rocket_r",
+            annot=k <= 10,
+            fmt=".0f",
+            annot_kws={"size": 7},
+            cbar=False,
+            square=True,
+            xticklabels=classes,
+            yticklabels=classes,
+            ax=axis,
+        )
+        accuracy = 100 * np.trace(matrix) / max(matrix.sum(), 1)
+        axis.set_title(f"{method}\naccuracy {accuracy:.1f}%", fontsize=9)
+        axis.set_xlabel("predicted")
+        axis.set_ylabel("true")
+    return figure
 
 
 def partial_curves(
@@ -262,30 +277,9 @@ def partial_curves(
         return []
     paths = []
     for setting, group in _settings(cells):
-        # ``clean`` under partial poisoning has nothing to poison: it is the 0% point instead.
-        partial = group[group["rate"].notna() & (group["method"] != "clean")]
-        if partial.empty:
+        data = _partial_points(group, metric)
+        if data is None:
             continue
-        points = [partial.assign(percent=100 * partial["rate"], value=partial[metric])]
-        methods = set(partial["method"])
-        if "clean_part_acc" in partial.columns:
-            part = partial[partial["clean_part_acc"].notna()]
-            # The clean part depends on the rate and seed, not on the noise, so every method
-            # usually gives the same numbers (Table 2's Dc column): draw one line then.
-            same = part.groupby(["rate", "seed"])["clean_part_acc"].nunique().le(1).all()
-            if same:
-                part = part.drop_duplicates(["rate", "seed"])
-            label = "clean part only" if same else part["method"] + " (clean part only)"
-            points.append(
-                part.assign(percent=100 * part["rate"], value=part["clean_part_acc"], method=label)
-            )
-        plain = group[(group["defense"] == "none") & group["rate"].isna()]
-        full = plain[plain["method"].isin(methods)]
-        points.append(full.assign(percent=100.0, value=full[metric]))
-        clean = plain[plain["method"] == "clean"]
-        for method in methods:
-            points.append(clean.assign(percent=0.0, value=clean[metric], method=method))
-        data = pd.concat(points, ignore_index=True).dropna(subset=["value"])
         dashed = {
             m: (2, 2) if m.endswith("clean part only)") or m == "clean part only" else ""
             for m in set(data["method"])
@@ -310,3 +304,32 @@ def partial_curves(
         axes.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), fontsize=8, frameon=False)
         paths.append(save(figure, Path(out_dir) / f"{slug('partial', *setting[:2])}.png"))
     return paths
+
+
+def _partial_points(group: pd.DataFrame, metric: str) -> pd.DataFrame | None:
+    """One setting's points of :func:`partial_curves` (``method``, ``percent``, ``value``);
+    None when it has no partial-poisoning cell."""
+    # ``clean`` under partial poisoning has nothing to poison: it is the 0% point instead.
+    partial = group[group["rate"].notna() & (group["method"] != "clean")]
+    if partial.empty:
+        return None
+    points = [partial.assign(percent=100 * partial["rate"], value=partial[metric])]
+    methods = set(partial["method"])
+    if "clean_part_acc" in partial.columns:
+        part = partial[partial["clean_part_acc"].notna()]
+        # The clean part depends on the rate and seed, not on the noise, so every method
+        # usually gives the same numbers (Table 2's Dc column): draw one line then.
+        same = part.groupby(["rate", "seed"])["clean_part_acc"].nunique().le(1).all()
+        if same:
+            part = part.drop_duplicates(["rate", "seed"])
+        label = "clean part only" if same else part["method"] + " (clean part only)"
+        points.append(
+            part.assign(percent=100 * part["rate"], value=part["clean_part_acc"], method=label)
+        )
+    plain = group[(group["defense"] == "none") & group["rate"].isna()]
+    full = plain[plain["method"].isin(methods)]
+    points.append(full.assign(percent=100.0, value=full[metric]))
+    clean = plain[plain["method"] == "clean"]
+    for method in methods:
+        points.append(clean.assign(percent=0.0, value=clean[metric], method=method))
+    return pd.concat(points, ignore_index=True).dropna(subset=["value"])

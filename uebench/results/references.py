@@ -6,7 +6,7 @@ cells a reference speaks about, and judges a measured number against the referen
 The format is documented in ``docs/leaderboard.md``.
 
 A noise method's number is not judged where the setting's clean row stayed near chance
-(:func:`uebench.baseline.near_chance`): there "as low as reported" is what any untrained
+(:func:`uebench.analysis.baseline.near_chance`): there "as low as reported" is what any untrained
 victim scores, so it is neither a regression nor a win; its status says so instead.
 """
 
@@ -24,13 +24,13 @@ from typing import Any
 import pandas as pd
 import tomllib
 
-from uebench.baseline import chance_level, near_chance
+from uebench.analysis.baseline import chance_level, near_chance
 from uebench.errors import UebenchError
 from uebench.files import os_error_line
 from uebench.grid.protocols import protocol_names, resolve_protocol
-from uebench.records import ACCURACY_METRICS
 from uebench.results.leaderboard import NEAR_CHANCE_STATUS, spec_key
 from uebench.spec import parse_spec
+from uebench.storage.records import ACCURACY_METRICS
 
 SUFFIXES = (".csv", ".yaml", ".yml", ".toml")
 RELATIONS = ("approx", "max", "min")

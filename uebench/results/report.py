@@ -16,13 +16,13 @@ from typing import Any
 
 import pandas as pd
 
-from uebench.benchmark.suites import Suite, load_suite
-from uebench.diagnostics import (
+from uebench.analysis.diagnostics import (
     clean_baselines,
     first_epoch_above,
     record_setting,
     shortcut_speed,
 )
+from uebench.benchmark.suites import Suite, load_suite
 from uebench.errors import UebenchError
 from uebench.files import atomic_write
 from uebench.results import plots
@@ -78,6 +78,10 @@ def write_report(
     return page
 
 
+#: One section of the report: title, paragraph and table (or None).
+Section = tuple[str, str, pd.DataFrame | None]
+
+
 def _sections(
     run_dirs: Sequence[str | Path],
     records: Sequence[dict[str, Any]],
@@ -85,44 +89,10 @@ def _sections(
     rank_by: str,
     comparison: pd.DataFrame | None,
     suite: Suite | None = None,
-) -> list[tuple[str, str, pd.DataFrame | None]]:
+) -> list[Section]:
     """``(title, paragraph, table)`` triples, shared by both formats."""
-    commits = sorted(
-        {
-            f"{(r.get('code_version') or {}).get('git_commit') or '?'}"[:10]
-            + ("+dirty" if (r.get("code_version") or {}).get("git_dirty") else "")
-            for r in records
-        }
-    )
-    devices = sorted({str(r.get("device", "?")) for r in records})
-    hours = sum(float(r.get("wall_time_s") or 0) for r in records) / 3600
-    summary = (
-        f"{len(records)} cells from {', '.join(str(d) for d in run_dirs)}; "
-        f"code {', '.join(commits)}; device {', '.join(devices)}; "
-        f"{hours:.2f} h of cell wall time. Generated {time.strftime('%Y-%m-%d %H:%M')}."
-    )
-    metric = board["metric"].iloc[0]
-    wide = text_pivot(board, rank_by, suite)
-    score = "mean over countermeasures" if rank_by == "mean" else "highest accuracy over them"
-    if suite is not None:
-        score += f"; sorted by worst case: {suite_note(suite)}"
-    notes = near_chance_notes(board)
-    flagged = "".join(f" {note}." for note in notes)
-    sections: list[tuple[str, str, pd.DataFrame | None]] = [
-        ("Run", summary, None),
-        (
-            "Leaderboard",
-            f"Clean test accuracy (%), {metric}, mean ± std over seeds; most effective method "
-            f"(lowest accuracy) first; score = {score}.{flagged}",
-            wide,
-        ),
-        (
-            "All cells",
-            "One row per cell setting; rank 1 = most effective; baseline_ok False: clean "
-            "training stayed near chance there, so those rows are not ranked.",
-            public_columns(board),
-        ),
-    ]
+    sections: list[Section] = [("Run", _run_summary(run_dirs, records), None)]
+    sections += _board_sections(board, rank_by, suite)
     diagnostics = diagnostics_table(records)
     if not diagnostics.empty:
         sections.append(
@@ -136,15 +106,61 @@ def _sections(
             )
         )
     if comparison is not None:
-        measured = comparison[comparison["status"] != "not measured"]
-        unjudged = int((measured["status"] == NEAR_CHANCE_STATUS).sum())
-        note = (
-            f"{len(measured)} of {len(comparison)} references measured in this run; "
-            f"{int((measured['status'] == 'MISMATCH').sum())} outside their tolerance"
-            + (f"; {unjudged} not judged ({NEAR_CHANCE_STATUS})." if unjudged else ".")
-        )
-        sections.append(("Against reported numbers", note, measured))
+        sections.append(_comparison_section(comparison))
     return sections
+
+
+def _run_summary(run_dirs: Sequence[str | Path], records: Sequence[dict[str, Any]]) -> str:
+    """What the report covers: cells, folders, code commits, devices and cell hours."""
+    commits = sorted(
+        {
+            f"{(r.get('code_version') or {}).get('git_commit') or '?'}"[:10]
+            + ("+dirty" if (r.get("code_version") or {}).get("git_dirty") else "")
+            for r in records
+        }
+    )
+    devices = sorted({str(r.get("device", "?")) for r in records})
+    hours = sum(float(r.get("wall_time_s") or 0) for r in records) / 3600
+    return (
+        f"{len(records)} cells from {', '.join(str(d) for d in run_dirs)}; "
+        f"code {', '.join(commits)}; device {', '.join(devices)}; "
+        f"{hours:.2f} h of cell wall time. Generated {time.strftime('%Y-%m-%d %H:%M')}."
+    )
+
+
+def _board_sections(board: pd.DataFrame, rank_by: str, suite: Suite | None) -> list[Section]:
+    """The leaderboard (methods × countermeasures) and the table of every cell setting."""
+    metric = board["metric"].iloc[0]
+    score = "mean over countermeasures" if rank_by == "mean" else "highest accuracy over them"
+    if suite is not None:
+        score += f"; sorted by worst case: {suite_note(suite)}"
+    flagged = "".join(f" {note}." for note in near_chance_notes(board))
+    return [
+        (
+            "Leaderboard",
+            f"Clean test accuracy (%), {metric}, mean ± std over seeds; most effective method "
+            f"(lowest accuracy) first; score = {score}.{flagged}",
+            text_pivot(board, rank_by, suite),
+        ),
+        (
+            "All cells",
+            "One row per cell setting; rank 1 = most effective; baseline_ok False: clean "
+            "training stayed near chance there, so those rows are not ranked.",
+            public_columns(board),
+        ),
+    ]
+
+
+def _comparison_section(comparison: pd.DataFrame) -> Section:
+    """The references this run measured, against the numbers their papers report."""
+    measured = comparison[comparison["status"] != "not measured"]
+    unjudged = int((measured["status"] == NEAR_CHANCE_STATUS).sum())
+    note = (
+        f"{len(measured)} of {len(comparison)} references measured in this run; "
+        f"{int((measured['status'] == 'MISMATCH').sum())} outside their tolerance"
+        + (f"; {unjudged} not judged ({NEAR_CHANCE_STATUS})." if unjudged else ".")
+    )
+    return ("Against reported numbers", note, measured)
 
 
 def diagnostics_table(records: Sequence[dict[str, Any]]) -> pd.DataFrame:
@@ -172,9 +188,7 @@ def diagnostics_table(records: Sequence[dict[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _html(
-    sections: list[tuple[str, str, pd.DataFrame | None]], figures: list[tuple[str, list[Path]]]
-) -> str:
+def _html(sections: list[Section], figures: list[tuple[str, list[Path]]]) -> str:
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8"><title>uebench report</title>',
@@ -206,7 +220,7 @@ def _html(
 
 
 def _markdown(
-    sections: list[tuple[str, str, pd.DataFrame | None]],
+    sections: list[Section],
     figures: list[tuple[str, list[Path]]],
     out_dir: Path,
 ) -> str:

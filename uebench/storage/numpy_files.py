@@ -4,8 +4,8 @@ file holds and the memory free before numpy allocates it.
 
 A ``.npy`` header states the array's shape, and numpy allocates that much before reading a
 byte of data: a 2 KB file claiming 10⁹ images would ask for hundreds of GiB.  The dataset
-loader (:mod:`uebench.datasets`) and the poison-file reader (:mod:`uebench.poison_files`) both
-call :func:`check_numpy_file` first.
+loader (:mod:`uebench.datasets`) and the poison-file reader
+(:mod:`uebench.storage.poison_files`) both call :func:`check_numpy_file` first.
 """
 
 from __future__ import annotations

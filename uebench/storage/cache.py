@@ -18,8 +18,9 @@ from uebench.poison import Poison
 Trainer = Callable[[], nn.Module]
 
 
-class PoisonCache:
-    """``root/<key>.pt`` files, written atomically and verified when read."""
+class _KeyedFiles:
+    """``root/<key>.pt`` files, and how many lookups found theirs (``hits``) or made it
+    (``misses``)."""
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
@@ -30,6 +31,10 @@ class PoisonCache:
 
     def path(self, key: str) -> Path:
         return self.root / f"{key}.pt"
+
+
+class PoisonCache(_KeyedFiles):
+    """Crafted poisons as ``root/<key>.pt`` files, written atomically and verified when read."""
 
     def sources(self) -> SourceCache | None:
         """Where the source models crafting trains are shared: ``sources/`` beside the poisons."""
@@ -75,7 +80,7 @@ class PoisonCache:
         return poison
 
 
-class SourceCache:
+class SourceCache(_KeyedFiles):
     """Source models trained for crafting, shared by every method that asks for the same one:
     ``root/<key>.pt`` holds the trained weights and the random state training left behind.
 
@@ -85,15 +90,6 @@ class SourceCache:
     afterwards (its noise starts, its augmentations) and the poison it crafts are what training
     the source itself would have given.
     """
-
-    def __init__(self, root: str | Path) -> None:
-        self.root = Path(root)
-        self.hits = 0
-        self.misses = 0
-        remove_stale_temporaries(self.root)
-
-    def path(self, key: str) -> Path:
-        return self.root / f"{key}.pt"
 
     def get_or_train(
         self, key: str, train: Trainer, skeleton: Trainer, generator: torch.Generator

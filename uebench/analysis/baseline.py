@@ -4,6 +4,10 @@ report and ``uebench compare`` all apply)."""
 
 from __future__ import annotations
 
+import numbers
+from collections.abc import Mapping
+from typing import Any
+
 #: A clean row must clear chance by this share of the headroom above it (100% − chance) before
 #: its setting can show what noise does: 28% with 10 classes, 60% with 2, 20.8% with 100.
 #: Effective noise holds a victim 5-15 points above chance (19.9% for sample-wise
@@ -17,6 +21,18 @@ def chance_level(num_classes: float | None) -> float | None:
     if num_classes is None or num_classes != num_classes or num_classes < 1:
         return None
     return 100.0 / float(num_classes)
+
+
+def stated_num_classes(row: Mapping[str, Any]) -> int | None:
+    """The class count K a record or a results-table row states: its ``num_classes``, else the
+    length of its ``classes`` list; None when it states neither (records that predate them)."""
+    value = row.get("num_classes")
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return int(value)
+    if isinstance(value, float) and value.is_integer():  # a table column holding a gap
+        return int(value)
+    classes = row.get("classes")
+    return len(classes) if isinstance(classes, list) and classes else None
 
 
 def near_chance(clean_acc: float | None, num_classes: float | None) -> bool | None:

@@ -199,6 +199,57 @@ def _weight_draw(
     ]
 
 
+class _PerturbableModel:
+    """A model in eval mode with its trainable parameters (θ̂, what smoothing perturbs) apart
+    from its fixed ones and buffers (shared by every draw), evaluated by functional calls."""
+
+    def __init__(self, model: nn.Module, device: torch.device) -> None:
+        self.model, self.device = model, device
+        trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+        self.names = [name for name, _ in trainable]
+        self.base = {name: p.detach() for name, p in trainable}
+        self.fixed = {n: p.detach() for n, p in model.named_parameters() if not p.requires_grad}
+        self.fixed.update({name: b for name, b in model.named_buffers()})
+        self.shapes = [self.base[name].shape for name in self.names]
+        self.total = sum(s.numel() for s in self.shapes)
+        self._batched = vmap(self.correct, in_dims=(0, None, None))
+
+    def perturbed(self, draws: list[list[torch.Tensor]], sigma: float) -> dict[str, torch.Tensor]:
+        """θ̂ + σ·draw for each of ``draws`` (:func:`_weight_draw`), stacked along a new
+        first dimension, on the device."""
+        return {
+            name: self.base[name] + sigma * torch.stack([d[i] for d in draws]).to(self.device)
+            for i, name in enumerate(self.names)
+        }
+
+    def correct(
+        self, params: dict[str, torch.Tensor], batch: torch.Tensor, truth: torch.Tensor
+    ) -> torch.Tensor:
+        """How many of ``batch`` (float images) the model with ``params`` labels ``truth``."""
+        with autocast(self.device):
+            logits = functional_call(self.model, {**params, **self.fixed}, (batch,))
+        return (logits.argmax(-1) == truth).sum()
+
+    def hits(
+        self,
+        stacked: dict[str, torch.Tensor],
+        count: int,
+        images: list[torch.Tensor],
+        labels: list[torch.Tensor],
+    ) -> torch.Tensor:
+        """Correct predictions of each of the ``count`` stacked perturbed models over every
+        batch of uint8 ``images`` (one model alone plainly, several at once by ``vmap``)."""
+        hits = torch.zeros(count, dtype=torch.long, device=self.device)
+        for raw, truth in zip(images, labels, strict=True):
+            batch = to_float(raw)
+            if count == 1:
+                single = {name: value[0] for name, value in stacked.items()}
+                hits += self.correct(single, batch, truth)
+            else:
+                hits += self._batched(stacked, batch, truth)
+        return hits
+
+
 @torch.no_grad()
 def smoothed_accuracies(
     model: nn.Module,
@@ -225,44 +276,19 @@ def smoothed_accuracies(
         raise UebenchError(f"batch_draws must be at least 1, got {batch_draws}")
     device = torch.device(device)
     was_training = model.training
-    model = model.to(device).eval()
-    names = [name for name, p in model.named_parameters() if p.requires_grad]
-    base = {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
-    fixed = {name: p.detach() for name, p in model.named_parameters() if not p.requires_grad}
-    fixed.update({name: b for name, b in model.named_buffers()})
-    shapes = [base[name].shape for name in names]
-    total = sum(s.numel() for s in shapes)
+    perturbable = _PerturbableModel(model.to(device).eval(), device)
     generator = torch.Generator().manual_seed(seed)
     # Kept as uint8 on the device and converted per batch: float copies of a large test set
     # (ImageNet-sized images) would not fit.
     images = [chunk.to(device) for chunk in x.split(eval_batch_size)]
     labels = [chunk.to(device) for chunk in y.split(eval_batch_size)]
-
-    def correct(
-        params: dict[str, torch.Tensor], batch: torch.Tensor, truth: torch.Tensor
-    ) -> torch.Tensor:
-        with autocast(device):
-            logits = functional_call(model, {**params, **fixed}, (batch,))
-        return (logits.argmax(-1) == truth).sum()
-
-    batched = vmap(correct, in_dims=(0, None, None))
     accuracies: list[float] = []
     bar = tqdm(total=n, desc="certify", leave=False, disable=not progress, dynamic_ncols=True)
     for start in range(0, n, batch_draws):
         count = min(batch_draws, n - start)
+        shapes, total = perturbable.shapes, perturbable.total
         draws = [_weight_draw(shapes, total, generator) for _ in range(count)]
-        stacked = {
-            name: base[name] + sigma * torch.stack([d[i] for d in draws]).to(device)
-            for i, name in enumerate(names)
-        }
-        hits = torch.zeros(count, dtype=torch.long, device=device)
-        for raw, truth in zip(images, labels, strict=True):
-            batch = to_float(raw)
-            if count == 1:
-                single = {name: value[0] for name, value in stacked.items()}
-                hits += correct(single, batch, truth)
-            else:
-                hits += batched(stacked, batch, truth)
+        hits = perturbable.hits(perturbable.perturbed(draws, sigma), count, images, labels)
         accuracies.extend((100.0 * hits.double() / max(len(y), 1)).tolist())
         bar.update(count)
     bar.close()

@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from uebench.errors import UebenchError
-from uebench.files import one_line, os_error_line
-from uebench.numpy_files import NUMPY_ERRORS, is_numpy_magic, load_numpy
+from uebench.errors import UebenchError, one_line
+from uebench.files import os_error_line
+from uebench.storage.numpy_files import NUMPY_ERRORS, is_numpy_magic, load_numpy
 
 #: Keys an archive's array may have, by what it holds.
 IMAGE_KEYS = ("x_train", "poisoned", "images", "x", "data", "arr_0")
