@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 import uebench
-from uebench.diagnostics import shortcut_separability
+from uebench.analysis.diagnostics import shortcut_separability
 from uebench.grid.cell import craft_poison, load_cell_data
 from uebench.grid.config import GridConfig
 
