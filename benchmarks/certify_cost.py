@@ -1,4 +1,4 @@
-"""Measure the cost of ``uebench certify`` (issue 5; a script, not a test).
+"""Measure the cost of ``uebench certify`` (a script, not a test).
 
 1. Per-draw cost of evaluating one perturbed model on the clean test set, one model at a time
    (``batch_draws=1``) and several at once with ``torch.func.vmap`` (``batch_draws>1``).

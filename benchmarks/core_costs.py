@@ -1,4 +1,4 @@
-"""Measure the core's costs (issue 2's benchmark; a script, not a test).
+"""Measure the core's costs (a script, not a test).
 
 1. Trainer throughput: images/s of ``uebench.training.train`` (uint8 → float, batched kornia
    crop+flip, cross-entropy, SGD) as a ratio of the bare model's forward+backward+step on the

@@ -1,4 +1,4 @@
-"""Time per training run under each countermeasure, relative to standard training (issue 3).
+"""Time per training run under each countermeasure, relative to standard training.
 
 Every countermeasure trains the same architecture on the same (clean) training data for the same
 epochs; the poison does not change the cost.  The whole cell is timed: ``prepare`` (JPEG,

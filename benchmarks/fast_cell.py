@@ -10,7 +10,7 @@ evaluation) under ``--protocol fast`` (``--protocol mini`` times the CPU protoco
 cell); flags override the protocol as ``uebench run``'s do.  The learning rate follows the
 batch size linearly from the protocol's (1.5 at 1024 for ``fast``).  It
 prints each stage's wall time, the trainer's images/s against the bare forward+backward+step
-throughput of the same model on the same device and batches, and the issue's GPU goals
+throughput of the same model on the same device and batches, and the GPU goals
 (clean cell ≤ 10 s at ≥ 93 %, sample-wise ``emin`` crafting ≤ 2 minutes).
 """
 

@@ -16,8 +16,8 @@ Rerunning resumes.  ``--protocol fast --run-flags
 '...'`` runs the same grid under another protocol or settings.  Then it prints the table and
 checks each published finding:
 
-* each method is unlearnable under standard training (at least 20 points below clean, as issue
-  18 asks), class-wise EM too, and sample-wise random noise is not (at most 8 points);
+* each method is unlearnable under standard training (at least 20 points below clean),
+  class-wise EM too, and sample-wise random noise is not (at most 8 points);
 * EM falls to grayscale (ISS: 93.07% on CIFAR-10, near clean's 92.41% under grayscale);
 * LSP and AR fall to JPEG-10 (ISS: 83.01% and 85.15%, near clean's 85.38% under JPEG-10);
 * EM falls to adversarial training (Huang et al. §4.3) and OPS survives it (Wu et al.: the L0

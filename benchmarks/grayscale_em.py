@@ -79,7 +79,7 @@ def main() -> None:
     table = uebench.run(
         **grid, methods=["clean", "emin", method], defenses=["grayscale"], progress=False
     )
-    rows = {row.method_spec.split(":")[0]: row.final_acc for row in table.itertuples()}
+    rows = {row.method.split(":")[0]: row.final_acc for row in table.itertuples()}
     print("mini's victim under grayscale, final clean test accuracy:")
     print(f"  clean images                       {rows['clean']:5.1f}%")
     print(f"  EM-poisoned images                 {rows['emin']:5.1f}%")

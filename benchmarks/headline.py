@@ -7,7 +7,7 @@
    crafting included, its six cells.
 2. Adds the cells the findings are judged against (``clean`` and standard training, ``none``);
    the six cells above are reused from the same folder, not recomputed.
-3. Prints every cell's final clean test accuracy and each check of issue 11:
+3. Prints every cell's final clean test accuracy and each check of the paper's findings:
    sample-wise error-minimizing noise within 15 points of chance under standard training;
    random and error-maximizing noise within 10 points of clean training; CutMix does not rescue
    error-minimizing noise (within 20 points of chance); adversarial training does (at least 15

@@ -1,4 +1,4 @@
-"""How reliably one unlearnable class is misclassified, across ε and seeds (issue 3; a script).
+"""How reliably one unlearnable class is misclassified, across ε and seeds (a script).
 
 Figure 2(c–d) of the paper: class-wise error-minimizing noise on one class only; the clean test
 images of that class should go to other classes while the rest are learned.  At this scale the

@@ -1,5 +1,5 @@
-"""The field's training loop beside uebench's trainer, on the same model and images (issue 27's
-peer benchmark; a script, not a test).
+"""The field's training loop beside uebench's trainer, on the same model and images (a script,
+not a test).
 
     python benchmarks/peer_loop.py                                  # ResNet-18 at width 16
     python benchmarks/peer_loop.py --arch airbench:width=16 --batch-size 256   # mini's victim
@@ -331,7 +331,7 @@ def main(argv: list[str] | None = None) -> None:
         acc = accuracy(model, data.x_test, data.y_test, device, config.eval_batch_size, args.amp)
         print(f"{name}: {speed[side]:.0f} img/s ({seconds:.2f} s); test accuracy after {acc:.2f}%")
     ours = speed["uebench"]
-    print(f"uebench / peer: {ours / speed['peer']:.2f}×  [issue 27 goal: ≥ 2×]")
+    print(f"uebench / peer: {ours / speed['peer']:.2f}×  [goal: ≥ 2×]")
     print(f"uebench trainer / bare eager step: {ours / bare:.2f}")
     if compiled is not None:
         print(f"uebench trainer / bare compiled step: {ours / compiled:.2f}  [goal: ≥ 0.90]")

@@ -1,4 +1,4 @@
-"""Certified (q, η)-learnability of ``pue`` against ``emin`` at the same ε (issue 5's claim).
+"""Certified (q, η)-learnability of ``pue`` against ``emin`` at the same ε.
 
 A small grid (clean, emin class-wise, pue class-wise; one victim architecture) is run with
 ``--save-models``; then every victim, and the crafting surrogate of each poison, is certified
@@ -36,7 +36,7 @@ def main() -> None:
     parser.add_argument("--draws", type=int, default=5, help="pue's M (public default 100)")
     parser.add_argument("--noise-draws", type=int, default=5, help="pue's u (public default 10)")
     parser.add_argument("-n", "--n", type=int, default=1000)
-    parser.add_argument("--sigmas", default="0.25,0.1", help="issue default, public default")
+    parser.add_argument("--sigmas", default="0.25,0.1", help="uebench's default, the public code's default")
     parser.add_argument("--q", type=float, default=0.9)
     parser.add_argument("--alpha", type=float, default=0.01)
     parser.add_argument("--etas", default="0,0.01,0.05,0.1,0.2,0.3,0.5")

@@ -15,7 +15,7 @@ each time into a fresh folder with a fresh poison cache so crafting is included:
 and 2 and 3 again, alternating, ``--repeats`` times in all.  It prints every wall time (the
 ``uebench.run`` call; for Ray, once the instance is up, its worker processes warming up
 included), the speed-up of 2 workers over 1 in each repeat, and the speed-up of the best time
-of each: all ratios of times measured in this one run.  On a 2-core machine the issue's goal is
+of each: all ratios of times measured in this one run.  On a 2-core machine the goal is
 1.7x or more.  Timings mean something only on an otherwise idle machine.
 
 Why 16 cells and repeats: the grid is 17 tasks of about one cell's length (16 cells and one

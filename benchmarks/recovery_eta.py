@@ -1,4 +1,4 @@
-"""The recovery attack against η (issue 5; a script, not a test).
+"""The recovery attack against η (a script, not a test).
 
 Victims trained on poisoned data (default: ``emin`` class-wise) are fine-tuned on a stratified
 20% clean subset within ℓ2 distance η of their weights (``recover:eta=E``, one grid cell per η;

@@ -13,8 +13,8 @@ source itself: that is what lowers the certified (q, η)-learnability ``uebench 
   the source model's accuracy on the perturbed crafting set exceeds ``switch_acc`` (50%); it
   stops when that error falls below ``stop_error`` (0.1).
 
-The public code takes one optimizer (and one sign) step per noise level instead of one step over
-all levels; this implementation follows the averaged form described in uebench's issue 5.  Its
+The public code takes one optimizer (and one sign) step per noise level; this implementation
+takes one step on the loss averaged over all levels.  Its
 default M=100 and u=10 are the public code's defaults, and make a source-model step about
 ``1 + J·M`` = 501 forward/backward passes: use small sources (``source=[smallcnn:width=8]``) or
 fewer draws on a CPU.

@@ -18,8 +18,6 @@ V1 = [
     "grayscale",
     "jpeg:quality=10",
     "advtrain:eps=8/255",
-    "ueraser:variant=standard",
-    "orthoproj:pipeline=projection",
 ]
 
 

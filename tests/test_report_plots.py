@@ -130,3 +130,23 @@ def test_cli_markdown_report_links_pngs_and_compares(run, tmp_path, capsys):
         assert_valid_png(page.parent / link)
     assert "## Against reported numbers" in text
     assert "2 of 2 references measured in this run; 1 outside their tolerance." in text
+
+
+@pytest.mark.parametrize("fmt", ["html", "md"])
+def test_the_page_shows_no_raw_missing_values_or_markup(tmp_path, fmt):
+    # One seed; a method the suite cannot score (so rank columns are missing); a countermeasure
+    # with no clean row (diagnostics say so); training accuracy that never passes 90%.
+    run_dir = tmp_path / "run"
+    for method, defense, acc in [
+        ("clean", "none", 90.0),
+        ("emin", "none", 12.0),
+        ("emin", "cutout", 40.0),
+    ]:
+        write_cell(run_dir, method, defense, 0, acc, history=history(acc))
+    page = write_report([run_dir], tmp_path / "report", references=[], fmt=fmt, suite="v1")
+    text = page.read_text()
+    text = re.sub(r'src="data:[^"]*"', "", text)
+    for raw in ("None", "<NA>", "&lt;NA&gt;", "nan", "`", "seed(s)", "over seeds", "at never"):
+        assert raw not in text, raw
+    assert "mean ± std over 1 seed;" in text
+    assert "never reached" in text and "no clean row" in text

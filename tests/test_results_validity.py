@@ -291,7 +291,7 @@ def test_runner_takes_over_a_dead_claim_releases_on_failure_and_waits(
     monkeypatch.setattr(runner_module, "time", SimpleNamespace(sleep=claimant_gives_up))
     table = run_grid(config)
     assert list(table["method"]) == ["clean"] and waits == [runner_module.WAIT_POLL_S]
-    assert f"1 cell(s) running elsewhere (pid {os.getppid()} on" in capsys.readouterr().out
+    assert f"1 cell running elsewhere (pid {os.getppid()} on" in capsys.readouterr().out
 
 
 # --- plugins' code in their identity --------------------------------------------------------------

@@ -165,8 +165,8 @@ def poison_key(method: str, data_fingerprint: str, train_config: dict[str, Any] 
         "train": train_config if uses_victim_training(method) else None,
     }
     if plugin_flag(factory, "crafts_by_gradient"):
-        # Only gradient-crafted poisons changed when crafting left bf16 (issue 19): others
-        # keep their keys.  Read at call time: the precision is a setting of the crafting module.
+        # Only gradient-crafted poisons changed when crafting moved from bf16 to fp32: others keep
+        # their keys.  Read at call time: the precision is a setting of the crafting module.
         parts["craft_precision"] = precision.CRAFT_PRECISION
     return cache_key(parts)
 

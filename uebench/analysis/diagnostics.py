@@ -1,5 +1,5 @@
 """What a cell measures besides accuracy: per-class accuracy, backdoor success (Appendix H),
-and the two diagnostics that tell why a poison works or fails (issue 19):
+and the two diagnostics that tell why a poison works or fails:
 
 * :func:`shortcut_separability` — how well a linear classifier fit on the applied
   perturbations alone predicts the images' labels (Yu et al., KDD 2022), scored on held-out
@@ -181,10 +181,12 @@ def shortcut_speed(
     mine = first_epoch_above(record["history"], threshold)
     reached = f"epoch {mine}" if mine is not None else "never"
     if clean is None:
-        return (
-            f"training accuracy passes {threshold:.0f}% at {reached}; no clean row to compare "
-            "(add `clean` to the grid)"
+        passes = (
+            f"passes {threshold:.0f}% at {reached}"
+            if mine is not None
+            else (f"never passes {threshold:.0f}%")
         )
+        return f"training accuracy {passes}; no clean row to compare (add clean to --methods)"
     base = first_epoch_above(clean["history"], threshold)
     base_text = f"epoch {base}" if base is not None else "never"
     where = f"(poisoned: {reached}; clean: {base_text})"

@@ -16,8 +16,7 @@ from uebench.spec import parse_spec
 
 #: Points of clean accuracy within which a method falls to a countermeasure.
 MARGIN = 15.0
-#: Points below clean training under standard training that make a method unlearnable
-#: (issue 18).
+#: Points below clean training under standard training that make a method unlearnable.
 UNLEARNABLE = 20.0
 
 

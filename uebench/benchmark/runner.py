@@ -33,7 +33,7 @@ from uebench.results.references import available_sources, resolve_source
 from uebench.results.report import write_report
 from uebench.storage.records import read_record
 
-#: What a bench runs on unless told otherwise (issue 29: the CPU protocol on CIFAR-10).
+#: What a bench runs on unless told otherwise (the CPU protocol on CIFAR-10).
 DEFAULT_DATASET = "cifar10"
 DEFAULT_PROTOCOL = "mini"
 #: Where benches write unless told otherwise: ``runs/bench/<the spec as a file name>``.

@@ -73,6 +73,7 @@ from uebench.registry import REGISTRIES
 from uebench.storage.cache import PoisonCache, SourceCache
 from uebench.training import resolve_device
 from uebench.version import code_version
+from uebench.wording import counted
 
 #: Reruns of a task whose worker process or node died (system failures only).
 MAX_RETRIES = 3
@@ -538,7 +539,7 @@ def _claim(store: ResultStore, todo: list[Cell]) -> list[Cell]:
         store.release(cell.cell_id)
     if len(mine) < len(todo):
         tqdm.write(
-            f"uebench: {len(todo) - len(mine)} cell(s) are running in another process on "
+            f"uebench: {counted(len(todo) - len(mine), 'cell')} running in another process on "
             f"{store.root}; left to it (rerun afterwards to pick up any it did not finish)"
         )
     done = {cell.cell_id for cell in finished}
@@ -577,10 +578,10 @@ def _submit(
     plan = _Plan(ray, todo, resources, plugins_ref, craft)
     if config.progress:
         tqdm.write(
-            f"uebench: {len(todo)} cell(s) under protocol {todo[0].protocol!r} on Ray "
+            f"uebench: {counted(len(todo), 'cell')} under protocol {todo[0].protocol!r} on Ray "
             f"({ray.cluster_resources().get('CPU', 0):g} CPU, "
             f"{ray.cluster_resources().get('GPU', 0):g} GPU); {resources.describe()}; "
-            f"{len(plan.crafting)} poison(s) to craft, {plan.cached} from the cache"
+            f"{counted(len(plan.crafting), 'poison')} to craft, {plan.cached} from the cache"
         )
     pending.update({report: ("poison", report) for report in plan.crafting})
     for cell in todo:

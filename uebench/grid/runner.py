@@ -26,6 +26,7 @@ from uebench.grid.estimate import announce_grid
 from uebench.grid.outcome import grid_table, lost_records, vanished
 from uebench.grid.store import ResultStore
 from uebench.grid.threads import choose_threads, torch_threads
+from uebench.wording import counted
 
 #: Seconds between checks on cells another process is running.
 WAIT_POLL_S = 2.0
@@ -90,7 +91,7 @@ def _run_all(
     waiting = _run_claimable(cells, store, config, threads, bar)
     if waiting:
         tqdm.write(
-            f"uebench: {len(waiting)} cell(s) running elsewhere{_holders(store, waiting)}"
+            f"uebench: {counted(len(waiting), 'cell')} running elsewhere{_holders(store, waiting)}"
             "; waiting for them (Ctrl-C stops waiting; their records still arrive)"
         )
     while waiting:

@@ -10,6 +10,7 @@ from uebench.analysis.baseline import (
     near_chance_warning,
     stated_num_classes,
 )
+from uebench.wording import counted
 
 
 def summary(table: pd.DataFrame) -> str:
@@ -33,7 +34,7 @@ def summary(table: pd.DataFrame) -> str:
     num_classes = next(filter(None, map(stated_num_classes, table.to_dict("records"))), None)
     chance = chance_level(num_classes)
     lines = [
-        f"clean test accuracy (%), final epoch, mean over {seeds} seed(s)"
+        f"clean test accuracy (%), final epoch, mean over {counted(int(seeds), 'seed')}"
         + (f"; chance is {chance:.1f}%" if chance is not None else "")
     ]
     shown = pivot.round(1)

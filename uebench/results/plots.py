@@ -20,6 +20,7 @@ import pandas as pd
 from uebench.errors import UebenchError
 from uebench.files import atomic_write
 from uebench.results.leaderboard import cells_frame, pivot
+from uebench.wording import counted
 
 _DPI = 110
 
@@ -114,9 +115,11 @@ def heatmaps(board: pd.DataFrame, out_dir: str | Path, rank_by: str = "mean") ->
             ax=axes,
         )
         counts = sorted(set(group["n"]))
-        seeds = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
+        seeds = (
+            counted(counts[0], "seed") if len(counts) == 1 else f"{counts[0]}-{counts[-1]} seeds"
+        )
         axes.set_title(
-            f"{_label(setting)}: {group['metric'].iloc[0]}, mean ± std over {seeds} seeds\n"
+            f"{_label(setting)}: {group['metric'].iloc[0]}, mean ± std over {seeds}\n"
             "lower = more effective noise"
         )
         axes.set_xlabel("countermeasure")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import html
+import math
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -38,6 +39,7 @@ from uebench.results.leaderboard import (
     text_pivot,
 )
 from uebench.results.references import compare, load_references
+from uebench.wording import counted
 
 FORMATS = ("html", "md")
 
@@ -138,7 +140,8 @@ def _board_sections(board: pd.DataFrame, rank_by: str, suite: Suite | None) -> l
     return [
         (
             "Leaderboard",
-            f"Clean test accuracy (%), {metric}, mean ± std over seeds; most effective method "
+            f"Clean test accuracy (%), {metric}, mean ± std over {_seed_counts(board)}; most "
+            "effective method "
             f"(lowest accuracy) first; score = {score}.{flagged}",
             text_pivot(board, rank_by, suite),
         ),
@@ -149,6 +152,14 @@ def _board_sections(board: pd.DataFrame, rank_by: str, suite: Suite | None) -> l
             public_columns(board),
         ),
     ]
+
+
+def _seed_counts(board: pd.DataFrame) -> str:
+    """ "1 seed", "3 seeds" or "1-3 seeds": how many seeds the board's cells average."""
+    counts = sorted({int(n) for n in board["n"]})
+    if len(counts) == 1:
+        return counted(counts[0], "seed")
+    return f"{counts[0]}-{counts[-1]} seeds"
 
 
 def _comparison_section(comparison: pd.DataFrame) -> Section:
@@ -180,12 +191,32 @@ def diagnostics_table(records: Sequence[dict[str, Any]]) -> pd.DataFrame:
                 "arch": record["arch"],
                 "seed": record["seed"],
                 "separability": record.get("shortcut_separability"),
-                "train ≥ 90%": first_epoch_above(record["history"]),
-                "clean train ≥ 90%": first_epoch_above(base["history"]) if base else None,
+                "train ≥ 90%": _epoch_text(first_epoch_above(record["history"])),
+                "clean train ≥ 90%": (
+                    _epoch_text(first_epoch_above(base["history"])) if base else "no clean row"
+                ),
                 "reading": shortcut_speed(record, base).split(": ")[-1],
             }
         )
     return pd.DataFrame(rows)
+
+
+def _epoch_text(epoch: int | None) -> str:
+    return "never reached" if epoch is None else str(epoch)
+
+
+def displayed(table: pd.DataFrame) -> pd.DataFrame:
+    """The table as the page shows it: numbers with two decimals (whole numbers as they are),
+    and every missing value (None, NaN, pandas' NA) an empty cell, never ``None``/``<NA>``."""
+
+    def cell(value: Any) -> str:
+        if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
+            return ""
+        if isinstance(value, float):
+            return f"{value:.2f}"
+        return str(value)
+
+    return table.astype(object).map(cell)
 
 
 def _html(sections: list[Section], figures: list[tuple[str, list[Path]]]) -> str:
@@ -202,9 +233,7 @@ def _html(sections: list[Section], figures: list[tuple[str, list[Path]]]) -> str
     for title, paragraph, table in sections:
         parts.append(f"<h2>{html.escape(title)}</h2><p>{html.escape(paragraph)}</p>")
         if table is not None:
-            parts.append(
-                table.to_html(index=False, na_rep="", float_format=lambda v: f"{v:.2f}", border=0)
-            )
+            parts.append(displayed(table).to_html(index=False, border=0))
     for title, paths in figures:
         if not paths:
             continue
@@ -228,7 +257,7 @@ def _markdown(
     for title, paragraph, table in sections:
         parts += [f"## {title}", paragraph]
         if table is not None:
-            parts.append(markdown_table(table))
+            parts.append(markdown_table(displayed(table)))
     for title, paths in figures:
         if paths:
             parts.append(f"## {title}")
