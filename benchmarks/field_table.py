@@ -33,7 +33,7 @@ victim seeds and the table shows their means.
 
 "Falls" means within 15 points of clean training under the same countermeasure; "survives"
 means at least 15 points below it.  The thresholds were chosen before the run; they live in
-``uebench.benchmark.findings``, which ``uebench bench`` states its findings with.
+``uebench.scoring.findings``, which ``uebench bench`` states its findings with.
 For every finding that does not hold it prints the cells' training curves.
 """
 
@@ -49,7 +49,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from uebench.benchmark.findings import MARGIN, UNLEARNABLE
+from uebench.scoring.findings import MARGIN, UNLEARNABLE
 from uebench.storage.records import read_record
 
 METHODS = "clean,emin,rem,tap,ops,ar,lsp,cuda"

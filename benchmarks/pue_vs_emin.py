@@ -36,7 +36,9 @@ def main() -> None:
     parser.add_argument("--draws", type=int, default=5, help="pue's M (public default 100)")
     parser.add_argument("--noise-draws", type=int, default=5, help="pue's u (public default 10)")
     parser.add_argument("-n", "--n", type=int, default=1000)
-    parser.add_argument("--sigmas", default="0.25,0.1", help="uebench's default, the public code's default")
+    parser.add_argument(
+        "--sigmas", default="0.25,0.1", help="uebench's default, the public code's default"
+    )
     parser.add_argument("--q", type=float, default=0.9)
     parser.add_argument("--alpha", type=float, default=0.01)
     parser.add_argument("--etas", default="0,0.01,0.05,0.1,0.2,0.3,0.5")

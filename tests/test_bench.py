@@ -12,10 +12,10 @@ from tiny_cli import TINY_BENCH, TINY_BENCH_KWARGS, one_line_error
 
 import uebench
 import uebench.grid.protocols as protocols
-from uebench.benchmark.suites import load_suite
 from uebench.cli import main
 from uebench.datasets import load_dataset
 from uebench.poison import Poison
+from uebench.scoring.suites import load_suite
 from uebench.storage.poison_files import published_sha256
 from uebench.threat import ThreatModel
 

@@ -11,9 +11,9 @@ from tiny_cli import TINY_BENCH
 
 from uebench.benchmark.reference import main as reference_main
 from uebench.benchmark.reference import parse_command, tolerance, write_reference
-from uebench.benchmark.suites import load_suite
 from uebench.cli import main
 from uebench.errors import UebenchError
+from uebench.scoring.suites import load_suite
 from uebench.version import __version__
 
 pytest_plugins = ["pytester"]

@@ -7,11 +7,11 @@ import pandas as pd
 import pytest
 from test_leaderboard import write_cell
 
-from uebench.benchmark.findings import MARGIN, UNLEARNABLE, findings
-from uebench.benchmark.score import worst_case, worst_of
-from uebench.benchmark.suites import Suite
 from uebench.cli import main
 from uebench.results.leaderboard import board_markdown, leaderboard, pivot
+from uebench.scoring.findings import MARGIN, UNLEARNABLE, findings
+from uebench.scoring.score import worst_case, worst_of
+from uebench.scoring.suites import Suite
 
 COLUMNS = ["none", "grayscale", "jpeg:quality=10"]
 LINF, L2 = "L∞ ≤ 8/255", "L2 ≤ 1"

@@ -5,13 +5,13 @@ protocol hash that tells settings apart."""
 import pytest
 
 from uebench.benchmark.reference import parse_command
-from uebench.benchmark.suites import describe_suites, load_suite, shipped_suites
 from uebench.cli import main
 from uebench.errors import UebenchError
 from uebench.grid import GridConfig
 from uebench.grid.protocols import resolve_protocol
 from uebench.registry import COUNTERMEASURES
 from uebench.results.references import available_sources, read_reference_file
+from uebench.scoring.suites import describe_suites, load_suite, shipped_suites
 
 V1 = [
     "none",

@@ -110,6 +110,28 @@ def test_no_import_cycle_among_the_projects_modules():
     assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
 
 
+def package_of(module: str, modules: dict) -> str:
+    """The subpackage a module lives in (``uebench.grid`` for ``uebench.grid.cell``); a module
+    of ``uebench``'s own folder stands for itself."""
+    parts = module.split(".")
+    for depth in range(len(parts) - 1, 1, -1):
+        if ".".join(parts[:depth]) in modules:  # its __init__ makes it a package
+            return ".".join(parts[:depth])
+    return module
+
+
+def test_no_import_cycle_among_the_subpackages():
+    modules = project_modules()
+    graph: dict[str, set[str]] = {}
+    for name, file in modules.items():
+        home = package_of(name, modules)
+        targets = {package_of(t, modules) for t in imports_of(name, file, modules)}
+        graph.setdefault(home, set()).update(targets - {home})
+    assert "uebench.results" in graph["uebench.benchmark"]
+    cycle = find_cycle(graph)
+    assert cycle is None, "import cycle between packages: " + " -> ".join(cycle or [])
+
+
 def test_imports_for_annotations_count(tmp_path):
     typed = tmp_path / "typed.py"
     typed.write_text("if TYPE_CHECKING:\n    from uebench.method import Method\n")

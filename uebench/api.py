@@ -28,7 +28,6 @@ from uebench.benchmark.runner import (
     bench_grid,
     run_bench,
 )
-from uebench.benchmark.suites import DEFAULT_SUITE, Suite, load_suite
 from uebench.data import ImageData
 from uebench.datasets import load_dataset
 from uebench.grid import GridConfig, run_grid
@@ -37,6 +36,7 @@ from uebench.grid.protocols import resolve_protocol
 from uebench.method import CraftContext
 from uebench.poison import Poison
 from uebench.scenarios import spec_poison
+from uebench.scoring.suites import DEFAULT_SUITE, Suite, load_suite
 from uebench.training import TrainConfig, resolve_device
 
 

@@ -25,8 +25,6 @@ from typing import Any
 
 import pandas as pd
 
-from uebench.benchmark.score import suite_columns
-from uebench.benchmark.suites import DEFAULT_SUITE, Suite, load_suite
 from uebench.errors import UebenchError
 from uebench.files import atomic_write
 from uebench.grid import GridConfig
@@ -34,6 +32,8 @@ from uebench.grid.config import add_run_flags, run_values
 from uebench.grid.protocols import resolve_protocol
 from uebench.results.leaderboard import aggregate, cells_frame, read_records, write_board
 from uebench.results.references import read_reference_file
+from uebench.scoring.score import suite_columns
+from uebench.scoring.suites import DEFAULT_SUITE, Suite, load_suite
 from uebench.version import __version__
 
 #: The tolerance never goes below this many points (a CPU's float order alone moves a cell).

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from uebench.benchmark.suites import DEFAULT_SUITE, Suite, load_suite
 from uebench.benchmark.table import (
     BenchTable,
     FieldRows,
@@ -31,6 +30,7 @@ from uebench.grid import GridConfig, run_grid
 from uebench.grid.protocols import Protocol
 from uebench.results.references import available_sources, resolve_source
 from uebench.results.report import write_report
+from uebench.scoring.suites import DEFAULT_SUITE, Suite, load_suite
 from uebench.storage.records import read_record
 
 #: What a bench runs on unless told otherwise (the CPU protocol on CIFAR-10).

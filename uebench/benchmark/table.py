@@ -5,7 +5,7 @@ of field rows (:mod:`uebench.benchmark.reference` writes them), which count only
 under the same settings (the protocol's hash), the same dataset and the same suite version.
 Every row states its threat model, its accuracy under each countermeasure of the suite, its
 worst case and the countermeasure reaching it, and its rank within its threat budget and
-overall (:mod:`uebench.benchmark.score`).
+overall (:mod:`uebench.scoring.score`).
 """
 
 from __future__ import annotations
@@ -19,14 +19,14 @@ from typing import Any
 import pandas as pd
 
 from uebench.analysis.baseline import near_chance, near_chance_warning
-from uebench.benchmark.findings import findings
-from uebench.benchmark.score import SCORE_COLUMNS, is_clean, suite_columns, suite_keys, worst_case
-from uebench.benchmark.suites import Suite
 from uebench.errors import UebenchError
 from uebench.files import atomic_write
 from uebench.grid.protocols import Protocol
 from uebench.results.leaderboard import aggregate, cells_frame, markdown_table, spec_key
 from uebench.results.references import Reference, read_reference_file
+from uebench.scoring.findings import findings
+from uebench.scoring.score import SCORE_COLUMNS, is_clean, suite_columns, suite_keys, worst_case
+from uebench.scoring.suites import Suite
 
 #: The ``source`` of the rows a bench measured itself.
 THIS_RUN = "this run"

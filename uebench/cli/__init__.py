@@ -22,7 +22,6 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from uebench.benchmark.suites import describe_suites
 from uebench.cli.plugins import add_plugin_flag, register_plugins
 from uebench.errors import UebenchError
 from uebench.grid import GridConfig, run_grid, summary
@@ -35,6 +34,7 @@ from uebench.grid.protocols import (
     spec_value,
 )
 from uebench.registry import REGISTRIES
+from uebench.scoring.suites import describe_suites
 
 #: Modules that add further subcommands (see the module docstring).
 COMMAND_MODULES: tuple[str, ...] = (

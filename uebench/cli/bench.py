@@ -8,9 +8,9 @@ import time
 from typing import Any
 
 from uebench.benchmark.runner import DEFAULT_DATASET, DEFAULT_PROTOCOL, default_out, run_bench
-from uebench.benchmark.suites import DEFAULT_SUITE
 from uebench.cli.plugins import add_plugin_flag
 from uebench.grid.config import RUN_FLAGS
+from uebench.scoring.suites import DEFAULT_SUITE
 
 #: ``uebench run`` flags a bench passes on as they are.  The grid settings a protocol decides
 #: (archs to test_size) change the protocol's hash: field rows then count only if measured so.

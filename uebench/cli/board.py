@@ -6,7 +6,6 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from uebench.benchmark.suites import load_suite
 from uebench.errors import UebenchError
 from uebench.files import atomic_write, check_writable, write_csv
 from uebench.results.leaderboard import (
@@ -22,6 +21,7 @@ from uebench.results.leaderboard import (
 )
 from uebench.results.references import compare, load_references
 from uebench.results.report import write_report
+from uebench.scoring.suites import load_suite
 
 
 def register(commands: Any) -> None:

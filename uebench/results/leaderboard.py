@@ -30,11 +30,11 @@ from uebench.analysis.baseline import (
     near_chance_warning,
     stated_num_classes,
 )
-from uebench.benchmark.score import SCORE_COLUMNS, board_worst_case
-from uebench.benchmark.suites import Suite
 from uebench.errors import UebenchError
 from uebench.files import atomic_write, check_writable, write_csv
 from uebench.identity import countermeasure_identity, method_identity, plugin_identity
+from uebench.scoring.score import SCORE_COLUMNS, board_worst_case
+from uebench.scoring.suites import Suite
 from uebench.spec import parse_spec
 from uebench.storage.records import ACCURACY_METRICS, is_number, read_record
 from uebench.threat import ThreatModel
@@ -376,7 +376,7 @@ def pivot(
     score and named in a ``baseline_near_chance`` column (present only when there are any).
 
     With a ``suite`` the worst case over the suite's countermeasures joins as
-    :data:`uebench.benchmark.score.SCORE_COLUMNS` (``worst_case``, ``reached_by``,
+    :data:`uebench.scoring.score.SCORE_COLUMNS` (``worst_case``, ``reached_by``,
     ``rank_in_budget``, ``rank_overall``, ``missing``), and methods are sorted by it instead."""
     if rank_by not in RANK_BY:
         raise UebenchError(f"rank_by must be one of {', '.join(RANK_BY)}, got {rank_by!r}")

@@ -23,7 +23,6 @@ from uebench.analysis.diagnostics import (
     record_setting,
     shortcut_speed,
 )
-from uebench.benchmark.suites import Suite, load_suite
 from uebench.errors import UebenchError
 from uebench.files import atomic_write
 from uebench.results import plots
@@ -39,6 +38,7 @@ from uebench.results.leaderboard import (
     text_pivot,
 )
 from uebench.results.references import compare, load_references
+from uebench.scoring.suites import Suite, load_suite
 from uebench.wording import counted
 
 FORMATS = ("html", "md")

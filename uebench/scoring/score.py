@@ -17,11 +17,11 @@ from typing import Any
 
 import pandas as pd
 
-from uebench.benchmark.suites import Suite
 from uebench.errors import UebenchError
 from uebench.grid.protocols import resolve_protocol
 from uebench.identity import countermeasure_identity
 from uebench.registry import DATASETS
+from uebench.scoring.suites import Suite
 from uebench.spec import parse_spec
 
 #: The columns :func:`worst_case` adds after the suite's countermeasures.

@@ -90,8 +90,8 @@ class Suite:
 @functools.lru_cache(maxsize=1)
 def shipped_suites() -> dict[str, Suite]:
     """The suites of the package's ``suites.toml``, by id."""
-    text = resources.files("uebench.benchmark").joinpath("suites.toml").read_text()
-    return _parse(text, "uebench/benchmark/suites.toml")
+    text = resources.files("uebench.scoring").joinpath("suites.toml").read_text()
+    return _parse(text, "uebench/scoring/suites.toml")
 
 
 def load_suite(suite: str | Path | Suite) -> Suite:
