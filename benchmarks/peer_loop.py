@@ -1,5 +1,6 @@
-"""The field's training loop beside uebench's trainer, on the same model and images (a script,
-not a test).
+"""The field's training loop beside uebench's trainer, on the same model and images.
+
+A script, not a test.
 
     python benchmarks/peer_loop.py                                  # ResNet-18 at width 16
     python benchmarks/peer_loop.py --arch airbench:width=16 --batch-size 256   # mini's victim

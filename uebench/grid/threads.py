@@ -15,6 +15,8 @@ from contextlib import contextmanager
 
 import torch
 
+from uebench.wording import counted
+
 
 def usable_cores() -> int:
     """Cores this process may run on (its affinity mask, which containers and taskset set)."""
@@ -53,8 +55,8 @@ def choose_threads(requested: int | None) -> tuple[int, str]:
     threads = max(1, cores - others)
     if threads < cores:
         return threads, (
-            f"{threads} of {cores} cores ({others} busy thread(s) elsewhere; --threads N to "
-            "override)"
+            f"{threads} of {cores} cores ({counted(others, 'busy thread')} elsewhere; "
+            "--threads N to override)"
         )
     return threads, f"{threads} (one per core)"
 
