@@ -45,7 +45,7 @@ RUN_FLAGS = {
     "out": "results folder (default runs/default)",
     "cache_dir": "poison cache folder (default: cache/ beside the results folder)",
     "protocol": "named settings bundle (uebench list protocols; default: the dataset's)",
-    "threads": "torch threads per cell (default: see README, Threads)",
+    "threads": "torch threads per cell (default: one per idle core; docs/running.md)",
     "backend": "local (default) or ray",
     "address": "Ray cluster address: auto or ray://HOST:PORT (default: start a local Ray)",
     "cpus_per_cell": "Ray: CPUs each cell requests",
