@@ -139,7 +139,7 @@ def command_config(kept: Sequence[dict[str, Any]], suite: Suite, board: pd.DataF
     """The grid of the ``uebench run`` command that makes the ``kept`` records' cells: their
     dataset, protocol, methods (``board``'s, in its order) and seeds, the suite's
     countermeasures, and a flag for each grid setting the cells ran otherwise than the protocol
-    says."""
+    says (never the data folder, which is the machine's)."""
     first = kept[0]
     protocol = resolve_protocol(first["protocol"], first["dataset"])
     values: dict[str, Any] = {
@@ -150,9 +150,8 @@ def command_config(kept: Sequence[dict[str, Any]], suite: Suite, board: pd.DataF
         "seeds": sorted({int(r["seed"]) for r in kept}),
         "progress": False,
     }
-    roots = {(r.get("config") or {}).get("data_root") for r in kept} - {None}
-    if roots:
-        values["data_root"] = sorted(roots)[0]
+    # No --data-root: where the data lies is the measuring machine's business, and a
+    # reference is rerun elsewhere (``--uebench-data-root`` gives the folder there).
     archs = list(dict.fromkeys(r["arch"] for r in kept))
     if tuple(archs) != protocol.archs:
         values["archs"] = archs

@@ -269,7 +269,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="run cells into this new folder and keep it (default: a temporary folder)",
     )
     group.addoption(
-        "--uebench-data-root", metavar="DIR", help="data root for records without a command"
+        "--uebench-data-root",
+        metavar="DIR",
+        help="the dataset's folder on this machine (also for rows with a command)",
     )
     group.addoption("--uebench-device", metavar="DEV", help="device for the cells (default auto)")
 
