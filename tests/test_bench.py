@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from test_plugins_without_install import plugin  # noqa: F401  (a fixture: a module on sys.path)
 from tiny_cli import TINY_BENCH, TINY_BENCH_KWARGS, one_line_error
 
 import uebench
@@ -95,6 +96,17 @@ def test_bench_places_the_method_beside_the_field_rows(bench_field, tmp_path, ca
     markdown = (out / "bench.md").read_text()
     assert "| lsp | this run |" in markdown and "Findings for lsp" in markdown
     assert f"report: uebench report {out} --suite {bench_field['suite']}" in printed
+
+
+def test_a_plugin_never_installed_benches_with_the_flag(bench_field, plugin, tmp_path, capsys):  # noqa: F811
+    out = tmp_path / "mine"
+    flag = ["--plugin", f"my-noise={plugin}:MyNoise", "--no-report"]
+    assert bench("my-noise", bench_field, out, *flag) == 0, capsys.readouterr().err
+    rows = table_rows(out)
+    assert set(rows) == {("my-noise", "this run"), ("cuda", FIELD), ("clean", FIELD)}
+    ran = cells(out)
+    assert {(r["method"], r["defense"]) for r in ran} == {("my-noise", c) for c in COLUMNS}
+    check_scores(rows)
 
 
 def test_without_field_rows_clean_runs_here_and_the_cells_are_a_runs(bench_field, tmp_path, capsys):
