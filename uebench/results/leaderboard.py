@@ -451,11 +451,16 @@ def format_mean_std(mean: float, std: float, n: int | None = None, show_n: bool 
     return f"{text} (n={n})" if show_n and n is not None else text
 
 
+def is_missing(value: Any) -> bool:
+    """None, NaN or pandas' NA: a cell a page shows empty."""
+    return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
+
+
 def markdown_table(frame: pd.DataFrame, floatfmt: str = ".2f") -> str:
     """A GitHub-flavoured Markdown table (pandas' own needs the optional ``tabulate``)."""
 
     def cell(value: Any) -> str:
-        if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
+        if is_missing(value):
             return ""
         if isinstance(value, float):
             return format(value, floatfmt)

@@ -20,7 +20,7 @@ import pandas as pd
 from uebench.errors import UebenchError
 from uebench.files import atomic_write
 from uebench.results.leaderboard import cells_frame, pivot
-from uebench.wording import counted
+from uebench.wording import seed_counts
 
 _DPI = 110
 
@@ -114,10 +114,7 @@ def heatmaps(board: pd.DataFrame, out_dir: str | Path, rank_by: str = "mean") ->
             cbar_kws={"label": "clean test accuracy (%)"},
             ax=axes,
         )
-        counts = sorted(set(group["n"]))
-        seeds = (
-            counted(counts[0], "seed") if len(counts) == 1 else f"{counts[0]}-{counts[-1]} seeds"
-        )
+        seeds = seed_counts(group["n"])
         axes.set_title(
             f"{_label(setting)}: {group['metric'].iloc[0]}, mean ± std over {seeds}\n"
             "lower = more effective noise"

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import html
-import math
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -30,6 +29,7 @@ from uebench.results.leaderboard import (
     NEAR_CHANCE_STATUS,
     aggregate,
     cells_frame,
+    is_missing,
     markdown_table,
     near_chance_notes,
     public_columns,
@@ -39,7 +39,7 @@ from uebench.results.leaderboard import (
 )
 from uebench.results.references import compare, load_references
 from uebench.scoring.suites import Suite, load_suite
-from uebench.wording import counted
+from uebench.wording import seed_counts
 
 FORMATS = ("html", "md")
 
@@ -140,7 +140,7 @@ def _board_sections(board: pd.DataFrame, rank_by: str, suite: Suite | None) -> l
     return [
         (
             "Leaderboard",
-            f"Clean test accuracy (%), {metric}, mean ± std over {_seed_counts(board)}; most "
+            f"Clean test accuracy (%), {metric}, mean ± std over {seed_counts(board['n'])}; most "
             "effective method "
             f"(lowest accuracy) first; score = {score}.{flagged}",
             text_pivot(board, rank_by, suite),
@@ -152,14 +152,6 @@ def _board_sections(board: pd.DataFrame, rank_by: str, suite: Suite | None) -> l
             public_columns(board),
         ),
     ]
-
-
-def _seed_counts(board: pd.DataFrame) -> str:
-    """ "1 seed", "3 seeds" or "1-3 seeds": how many seeds the board's cells average."""
-    counts = sorted({int(n) for n in board["n"]})
-    if len(counts) == 1:
-        return counted(counts[0], "seed")
-    return f"{counts[0]}-{counts[-1]} seeds"
 
 
 def _comparison_section(comparison: pd.DataFrame) -> Section:
@@ -210,7 +202,7 @@ def displayed(table: pd.DataFrame) -> pd.DataFrame:
     and every missing value (None, NaN, pandas' NA) an empty cell, never ``None``/``<NA>``."""
 
     def cell(value: Any) -> str:
-        if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
+        if is_missing(value):
             return ""
         if isinstance(value, float):
             return f"{value:.2f}"
