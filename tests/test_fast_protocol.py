@@ -3,6 +3,7 @@
 import math
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -223,6 +224,49 @@ def test_whitening_bias_trains_its_epochs_then_stays():
     assert torch.equal(biases[1], biases[2]) and torch.equal(biases[2], biases[3])
     assert TrainConfig(whiten_bias_epochs=3).as_dict()["whiten_bias_epochs"] == 3
     assert "whiten_bias_epochs" not in TrainConfig().as_dict()  # unset: ids as they were
+
+
+def test_a_frozen_whitening_bias_stops_its_gradient_without_changing_training(monkeypatch):
+    """Eager training stops the frozen bias's gradient (a cheaper backward pass); the weights
+    come out as when the gradient is still computed (a compiled model's path), and the bias
+    trains again afterwards."""
+    import uebench.training as training
+
+    x, y = images(32), torch.arange(32) % 2
+    config = TrainConfig(
+        epochs=3, batch_size=8, lr=0.05, crop_padding=0, flip=False, whiten_bias_epochs=1
+    )
+    keeps_gradient = SimpleNamespace(compile=True)  # what a compiled model's freeze does
+    freeze = training.freeze_whitening_bias
+    weights, trains = [], []
+    for stop_gradient in (True, False):
+        torch.manual_seed(0)
+        model = airbench(2, (3, 8, 8), width=4)
+        if not stop_gradient:
+            monkeypatch.setattr(
+                training,
+                "freeze_whitening_bias",
+                lambda model, opt, config, epoch, _: freeze(
+                    model, opt, config, epoch, keeps_gradient
+                ),
+            )
+        seen = []
+        train(
+            model,
+            x,
+            y,
+            config,
+            CPU,
+            on_epoch=lambda _, seen=seen, bias=model.whitening_bias: seen.append(
+                bias.requires_grad
+            ),
+        )
+        trains.append(seen)
+        weights.append([p.detach().clone() for p in model.parameters()])
+        assert model.whitening_bias.requires_grad  # given back for later training
+    assert trains == [[True, False, False], [True, True, True]]
+    for stopped, computed in zip(*weights, strict=True):
+        torch.testing.assert_close(stopped, computed, rtol=1e-5, atol=1e-6)
 
 
 def test_lookahead_changes_training_and_stays_out_of_paper_ids():

@@ -52,6 +52,31 @@ def test_grid_writes_records_and_csv(tmp_path, tiny_grid):
     assert sum(map(sum, record["confusion_matrix"])) == 100
 
 
+def test_a_cell_scores_its_victim_on_its_last_epochs_predictions(tmp_path, monkeypatch, tiny_grid):
+    """The final evaluation runs once: the record's confusion matrix comes from the last
+    epoch's predictions; after a countermeasure's ``after_training`` the model is predicted
+    afresh."""
+    import uebench.grid.cell as cell_module
+
+    calls = []
+    real_predict = cell_module.predict
+
+    def counted(*args, **kwargs):
+        calls.append(args[0])
+        return real_predict(*args, **kwargs)
+
+    monkeypatch.setattr(cell_module, "predict", counted)
+    for defense, predicted_again in (("none", 0), ("partial:rate=0.5", 1)):
+        calls.clear()
+        out = tmp_path / defense.split(":")[0]
+        run_grid(GridConfig(methods=["random"], defenses=[defense], out=str(out), **tiny_grid))
+        record = json.loads(next((out / "cells").glob("*.json")).read_text())
+        confusion = record["confusion_matrix"]
+        correct = sum(row[i] for i, row in enumerate(confusion))
+        assert 100 * correct / sum(map(sum, confusion)) == pytest.approx(record["final_acc"])
+        assert len(calls) == predicted_again
+
+
 def test_killed_grid_resumes_without_recomputing(tmp_path, monkeypatch, tiny_grid):
     config = GridConfig(methods=["clean", "random"], out=str(tmp_path / "g"), **tiny_grid)
     real_run_cell = runner.run_cell

@@ -50,6 +50,14 @@ class EpochStats:
     test_acc: float
     val_acc: float | None = None
     seconds: float = 0.0
+    #: The predicted test labels behind ``test_acc``, kept for the last epoch only, so the
+    #: trained model is scored without predicting again (test-time augmentation costs several
+    #: passes); not part of a record (:meth:`record`).
+    test_predictions: torch.Tensor | None = field(default=None, repr=False, compare=False)
+
+    def record(self) -> dict[str, Any]:
+        """The epoch as a cell record keeps it: its numbers, without the predictions."""
+        return {name: value for name, value in vars(self).items() if name != "test_predictions"}
 
 
 @dataclass

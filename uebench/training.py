@@ -325,8 +325,14 @@ def accuracy(
     """Top-1 accuracy in percent of ``model`` on uint8 images ``x``."""
     if len(x) == 0:
         return float("nan")
-    predicted = predict(model, x, device, batch_size, amp, tta, execution)
-    return 100.0 * float((predicted == y.cpu()).float().mean())
+    return percent_correct(predict(model, x, device, batch_size, amp, tta, execution), y)
+
+
+def percent_correct(predicted: torch.Tensor, labels: torch.Tensor) -> float:
+    """The share of ``predicted`` labels equal to ``labels``, in percent (NaN for none)."""
+    if len(labels) == 0:
+        return float("nan")
+    return 100.0 * float((predicted == labels.cpu()).float().mean())
 
 
 def fit_to_training_images(model: nn.Module, x: torch.Tensor) -> None:
@@ -338,19 +344,36 @@ def fit_to_training_images(model: nn.Module, x: torch.Tensor) -> None:
 
 
 def freeze_whitening_bias(
-    model: nn.Module, optimizer: torch.optim.Optimizer, config: TrainConfig, epoch: int
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    config: TrainConfig,
+    epoch: int,
+    execution: Execution,
 ) -> None:
     """Before epoch ``epoch`` (1-based): once ``config.whiten_bias_epochs`` epochs have passed,
     take a fitted whitening layer's bias (``model.whitening_bias``) out of the optimizer.
 
-    Its gradient is still computed (a few numbers), but it never moves again: as airbench94's
-    frozen bias, without changing ``requires_grad``, which would recompile a compiled model.
+    In eager execution its gradient stops too, as airbench94 stops it: the backward pass then
+    skips the input gradient of the first convolution, the largest one (an eager training step
+    of ``mini``'s victim 1.2× faster, ``benchmarks/whitening_freeze.py``).  A compiled model
+    keeps computing that gradient (a few numbers it never uses) rather than recompile for a
+    changed ``requires_grad``.  :func:`train` gives the bias its gradient back at the end.
     """
     bias = getattr(model, "whitening_bias", None)
     if config.whiten_bias_epochs is None or bias is None or epoch <= config.whiten_bias_epochs:
         return
     for group in optimizer.param_groups:
         group["params"] = [param for param in group["params"] if param is not bias]
+    if not execution.compile:
+        bias.requires_grad_(False)
+
+
+def thaw_whitening_bias(model: nn.Module) -> None:
+    """Give a whitening bias that :func:`freeze_whitening_bias` stopped its gradient back, so
+    later training of the model (a countermeasure's fine-tuning) trains it as before."""
+    bias = getattr(model, "whitening_bias", None)
+    if bias is not None:
+        bias.requires_grad_(True)
 
 
 class TrainingBatches:
@@ -411,9 +434,8 @@ def train(
 
     The whole training set is moved to ``device`` once, as uint8; each batch is indexed, turned
     into float, augmented and stepped without a DataLoader (the data is already in memory).
-    A model with a data-dependent init is fitted to ``x`` (the images as given, poisoned and
-    filtered) before the first step.  ``execution`` says how the model runs (memory format,
-    compilation: :mod:`uebench.execution`), never what it computes.
+    A model with a data-dependent init is fitted to ``x`` (the images as given) before the
+    first step.  ``execution`` says how the model runs (:mod:`uebench.execution`), never what.
     """
     countermeasure = countermeasure or Countermeasure()
     generator = generator or torch.Generator().manual_seed(0)
@@ -430,7 +452,7 @@ def train(
     done = 0
     for epoch in range(1, config.whole_epochs + 1):
         countermeasure.on_epoch_start(epoch, config.whole_epochs)
-        freeze_whitening_bias(model, optimizer, config, epoch)
+        freeze_whitening_bias(model, optimizer, config, epoch, execution)
         started = time.perf_counter()
         model.train()
         steps = min(config.steps_per_epoch(len(x)), total_steps - done)
@@ -452,6 +474,7 @@ def train(
         )
         if on_epoch:
             on_epoch(history[-1])
+    thaw_whitening_bias(model)
     return history
 
 
@@ -509,19 +532,24 @@ def epoch_stats(
     the final evaluation (the reported accuracy) uses it; validation never does, so a selection
     over epochs compares like with like.
     """
-    tta = config.tta if epoch == config.whole_epochs else 0
+    final = epoch == config.whole_epochs
+    tta = config.tta if final else 0
+    predicted = None
+    if test:
+        predicted = predict(
+            model, test[0], device, config.eval_batch_size, config.amp, tta, execution
+        )
     trained = max(step.images, 1)
     stats = EpochStats(
         epoch=epoch,
         train_loss=float(step.loss_sum) / trained,
         train_acc=100.0 * float(step.correct) / trained,
-        test_acc=accuracy(model, *test, device, config.eval_batch_size, config.amp, tta, execution)
-        if test
-        else float("nan"),
+        test_acc=percent_correct(predicted, test[1]) if test else float("nan"),
         val_acc=accuracy(model, *val, device, config.eval_batch_size, config.amp, 0, execution)
         if val
         else None,
         seconds=time.perf_counter() - started,
+        test_predictions=predicted if final else None,
     )
     step.reset()
     return stats

@@ -317,7 +317,9 @@ def train_victim(
         hooked = countermeasure.overrides("after_training")
         if hooked:
             after_training(cell, countermeasure, model, trainset, data, device, generator)
-        scores = score_victim(cell, model, poison, data, device, execution)
+        # Untouched since its last epoch, the model is scored on that epoch's predictions.
+        predicted = None if hooked else history[-1].test_predictions
+        scores = score_victim(cell, model, poison, data, device, execution, predicted)
         selected = countermeasure.select(history)
     # Training hooks (augment, train_step, after_training) see the data too.
     check_unchanged()
@@ -410,13 +412,16 @@ def score_victim(
     data: ImageData,
     device: torch.device,
     execution: Execution,
+    predicted: torch.Tensor | None = None,
 ) -> VictimScores:
     """The trained victim's clean test accuracy, confusion matrix, per-class accuracy and
-    backdoor success rate, evaluated as the cell's training config evaluates."""
+    backdoor success rate, evaluated as the cell's training config evaluates; ``predicted``
+    is the model's test predictions when its last epoch's evaluation made them already."""
     config = cell.train
-    predicted = predict(
-        model, data.x_test, device, config.eval_batch_size, config.amp, config.tta, execution
-    )
+    if predicted is None:
+        predicted = predict(
+            model, data.x_test, device, config.eval_batch_size, config.amp, config.tta, execution
+        )
     confusion = confusion_matrix(predicted, data.y_test, data.num_classes)
     backdoor = backdoor_success_rate(
         model,
@@ -501,7 +506,7 @@ def victim_fields(victim: TrainedVictim, data: ImageData) -> dict[str, Any]:
         "best_epoch": history[best].epoch,
         "selected_acc": history[selected].test_acc,
         "selected_epoch": history[selected].epoch,
-        "history": [asdict(stats) for stats in history],
+        "history": [stats.record() for stats in history],
         "classes": list(data.classes),
         "num_classes": data.num_classes,
         "confusion_matrix": victim.scores.confusion.tolist(),
