@@ -12,15 +12,24 @@ batch size linearly from the protocol's (1.5 at 1024 for ``fast``).  It
 prints each stage's wall time, the trainer's images/s against the bare forward+backward+step
 throughput of the same model on the same device and batches, and the GPU goals
 (clean cell ≤ 10 s at ≥ 93 %, sample-wise ``emin`` crafting ≤ 2 minutes).
+
+On the project's offline CIFAR-10 copy (``cifar10.npz``), whose test rows 1017-9999 are
+decoded from JPEG files (its README), it also scores the clean cell's victim on the 1017
+bit-exact test images and on the JPEG-decoded ones apart.  ``--skip probes`` leaves out the
+bare-step and evaluation timings when only the accuracy is wanted.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -83,6 +92,84 @@ def bare_throughput(
     return steps * len(labels) / (time.perf_counter() - started)
 
 
+def timing_probes(
+    cell, data: ImageData, device: torch.device, bare_steps: int, compile: bool
+) -> Callable[[dict], str]:
+    """Print the bare step's throughput (and, with ``compile``, the compiled one's) and one
+    test evaluation's time, plain and with TTA; returns what a cell record's training
+    throughput reads as, against the bare step."""
+    bare = bare_throughput(cell.arch, cell.train, data, device, bare_steps)
+    print(f"bare forward+backward+step: {bare:.0f} img/s")
+    if compile:
+        started = time.perf_counter()
+        execution = replace(execution_for(device), compile=True)
+        compiled = bare_throughput(cell.arch, cell.train, data, device, bare_steps, execution)
+        print(
+            f"bare step through torch.compile: {compiled:.0f} img/s = {compiled / bare:.2f} × "
+            f"eager (compiling and timing took {time.perf_counter() - started:.0f} s)"
+        )
+    # One evaluation pass as the trainer runs it each epoch (plain; the final one with TTA),
+    # to separate training throughput from evaluation.
+    probe = ARCHS.build(cell.arch, data.num_classes, data.image_shape).to(device)
+    config = cell.train
+    eval_s = {}
+    for tta in (0, 0, config.tta):  # the first pass warms up
+        started = time.perf_counter()
+        accuracy(probe, data.x_test, data.y_test, device, config.eval_batch_size, config.amp, tta)
+        sync(device)
+        eval_s[tta] = time.perf_counter() - started
+    print(f"one test evaluation: {eval_s[0]:.2f} s plain, {eval_s[config.tta]:.2f} s with TTA")
+    images = config.epochs * len(data.y_train)
+
+    def throughput(record: dict) -> str:
+        train_s = sum(epoch["seconds"] for epoch in record["history"])
+        only = train_s - eval_s[0] * (len(record["history"]) - 1) - eval_s[config.tta]
+        return (
+            f"training+per-epoch evaluation {train_s:.1f} s; training alone ≈ "
+            f"{images / only:.0f} img/s = {images / only / bare:.2f} × bare"
+        )
+
+    return throughput
+
+
+def exact_test_rows(data_root: Path, dataset: str, test_count: int) -> torch.Tensor | None:
+    """The ``x_test_exact`` mask of an offline ``DATASET.npz`` copy whose test set is partly
+    rebuilt from lossy copies (the project's CIFAR-10: rows 1017-9999 decoded from JPEG files,
+    its README says), when the cell tests on that whole set in its order; else None."""
+    path = data_root / f"{dataset}.npz"
+    if not path.is_file():
+        return None
+    with np.load(path) as archive:
+        if "x_test_exact" not in archive.files:
+            return None
+        mask = torch.from_numpy(archive["x_test_exact"]).bool()
+    return mask if len(mask) == test_count else None
+
+
+def accuracy_by_source(
+    cell, data: ImageData, model_path: Path, exact: torch.Tensor, device: torch.device
+) -> None:
+    """The saved victim's accuracy (with the cell's test-time augmentation) on the bit-exact
+    test images and on the lossy ones, each with its binomial standard error."""
+    model = ARCHS.build(cell.arch, data.num_classes, data.image_shape)
+    model.load_state_dict(torch.load(model_path, weights_only=True))
+    model.to(device)
+    config = cell.train
+    for name, rows in (("bit-exact", exact), ("JPEG-decoded", ~exact)):
+        acc = accuracy(
+            model,
+            data.x_test[rows],
+            data.y_test[rows],
+            device,
+            config.eval_batch_size,
+            config.amp,
+            config.tta,
+        )
+        count = int(rows.sum())
+        error = 100 * math.sqrt(acc / 100 * (1 - acc / 100) / count)
+        print(f"  on the {count} {name} test images: {acc:.2f}% (± {error:.2f} standard error)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--protocol", default="fast")
@@ -95,7 +182,12 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--skip", default="", help="comma-separated: clean, emin, advtrain")
+    parser.add_argument(
+        "--skip",
+        default="",
+        help="comma-separated: clean, emin, advtrain, probes (the bare-step and "
+        "evaluation timings)",
+    )
     parser.add_argument("--bare-steps", type=int, default=20)
     parser.add_argument(
         "--compile",
@@ -140,53 +232,23 @@ def main() -> None:
             f"lr={clean.train.lr:g}"
         )
         print(f"loading: {load_seconds:.1f} s")
-        bare = bare_throughput(clean.arch, clean.train, data, device, args.bare_steps)
-        print(f"bare forward+backward+step: {bare:.0f} img/s")
-        if args.compile:
-            started = time.perf_counter()
-            compiled = bare_throughput(
-                clean.arch,
-                clean.train,
-                data,
-                device,
-                args.bare_steps,
-                replace(execution_for(device), compile=True),
-            )
-            print(
-                f"bare step through torch.compile: {compiled:.0f} img/s = {compiled / bare:.2f} × "
-                f"eager (compiling and timing took {time.perf_counter() - started:.0f} s)"
-            )
-        images = clean.train.epochs * len(data.y_train)
-        # One evaluation pass as the trainer runs it each epoch (plain; the final one with TTA),
-        # to separate training throughput from evaluation.
-        probe = ARCHS.build(clean.arch, data.num_classes, data.image_shape).to(device)
-        config = clean.train
-        eval_s = {}
-        for tta in (0, 0, config.tta):  # the first pass warms up
-            started = time.perf_counter()
-            accuracy(
-                probe, data.x_test, data.y_test, device, config.eval_batch_size, config.amp, tta
-            )
-            sync(device)
-            eval_s[tta] = time.perf_counter() - started
-        print(f"one test evaluation: {eval_s[0]:.2f} s plain, {eval_s[config.tta]:.2f} s with TTA")
-
-        def throughput(record: dict) -> str:
-            train_s = sum(epoch["seconds"] for epoch in record["history"])
-            only = train_s - eval_s[0] * (len(record["history"]) - 1) - eval_s[config.tta]
-            return (
-                f"training+per-epoch evaluation {train_s:.1f} s; training alone ≈ "
-                f"{images / only:.0f} img/s = {images / only / bare:.2f} × bare"
-            )
-
+        throughput = (
+            (lambda record: "timings skipped")
+            if "probes" in skip
+            else timing_probes(clean, data, device, args.bare_steps, args.compile)
+        )
         if "clean" not in skip:
-            record = run_cell(clean, progress=False, data=data)
+            model_path = Path(cache) / "clean-victim.pt"
+            record = run_cell(clean, progress=False, data=data, model_path=model_path)
             print(
                 f"clean cell: {record['wall_time_s']:.1f} s end to end ({throughput(record)}), "
                 f"clean test accuracy {record['final_acc']:.2f}%  [GPU goal: ≤ 10 s at ≥ 93%]"
             )
             curve = ", ".join(f"{epoch['test_acc']:.1f}" for epoch in record["history"])
             print(f"  test accuracy by epoch: {curve}")
+            exact = exact_test_rows(Path(args.data_root), args.dataset, len(data.y_test))
+            if exact is not None and not bool(exact.all()):
+                accuracy_by_source(clean, data, model_path, exact, device)
         if "emin" not in skip:
             started = time.perf_counter()
             poison = craft_poison(emin, data, progress=False)
