@@ -56,7 +56,7 @@ from uebench.storage.records import read_record
 METHODS = "clean,emin,rem,tap,ops,ar,lsp,cuda"
 DEFENSES = "none,grayscale,jpeg,advtrain"
 #: The grid's order: its cells run defense by defense (``uebench run`` walks defenses, then
-#: methods), so ``advtrain``'s cells, each about 2.3× a standard one, go first; the two
+#: methods), so ``advtrain``'s cells, each about 2.5× a standard one, go first; the two
 #: workers then end within one short cell of each other instead of one long one.
 LONGEST_FIRST = "advtrain,none,grayscale,jpeg"
 EXTRA = "random,emin:form=class"  # under ``none`` only

@@ -322,9 +322,7 @@ def accuracy(
     tta: int = 0,
     execution: Execution | None = None,
 ) -> float:
-    """Top-1 accuracy in percent of ``model`` on uint8 images ``x``."""
-    if len(x) == 0:
-        return float("nan")
+    """Top-1 accuracy in percent of ``model`` on uint8 images ``x`` (NaN for none)."""
     return percent_correct(predict(model, x, device, batch_size, amp, tta, execution), y)
 
 
@@ -355,7 +353,7 @@ def freeze_whitening_bias(
 
     In eager execution its gradient stops too, as airbench94 stops it: the backward pass then
     skips the input gradient of the first convolution, the largest one (an eager training step
-    of ``mini``'s victim 1.2× faster, ``benchmarks/whitening_freeze.py``).  A compiled model
+    of ``mini``'s victim 1.36× faster, ``benchmarks/whitening_freeze.py``).  A compiled model
     keeps computing that gradient (a few numbers it never uses) rather than recompile for a
     changed ``requires_grad``.  :func:`train` gives the bias its gradient back at the end.
     """
