@@ -1,5 +1,5 @@
-"""How a model runs (channels-last memory, torch.compile) changes neither what a cell computes,
-beyond float noise, nor its id."""
+"""How a model runs (channels-last memory, torch.compile, the evaluation batch) changes neither
+what a cell computes, beyond float noise, nor its id."""
 
 import pytest
 import torch
@@ -9,7 +9,7 @@ from uebench.errors import UebenchError
 from uebench.execution import COMPILE_ENV, Execution, execution_for
 from uebench.grid.config import GridConfig
 from uebench.registry import ARCHS
-from uebench.training import TrainConfig, accuracy, train
+from uebench.training import TrainConfig, accuracy, predict, train
 
 CPU = torch.device("cpu")
 #: How far (in accuracy points) one cell's per-epoch test accuracy may move between two
@@ -52,6 +52,7 @@ def test_the_executions_train_the_same_curve_within_float_noise(data):
         Execution(channels_last=True),
         Execution(compile=True),
         Execution(channels_last=True, compile=True),
+        Execution(channels_last=True, eval_chunk=64),
     ):
         other = curve(data, execution)
         moved = max(abs(a - b) for a, b in zip(plain, other, strict=True))
@@ -86,3 +87,26 @@ def test_a_compiled_model_predicts_a_set_not_divisible_by_the_batch(data):
         model, data.x_test[:250], data.y_test[:250], CPU, 100, execution=Execution(compile=True)
     )
     assert abs(plain - compiled) <= 0.4  # at most one of 250 images on a float tie
+
+
+def test_a_cpu_evaluates_in_chunks_and_a_gpu_does_not():
+    assert execution_for(CPU).eval_batch(1024) == 128
+    assert execution_for(CPU).eval_batch(50) == 50
+    assert execution_for(torch.device("cuda")).eval_batch(1024) == 1024
+    assert Execution().eval_batch(1024) == 1024
+
+
+def test_an_evaluation_in_chunks_predicts_the_same_labels(data):
+    torch.manual_seed(0)
+    model = ARCHS.build("smallcnn:width=8", data.num_classes, data.image_shape)
+    sizes: list[int] = []
+    model.register_forward_pre_hook(lambda _, inputs: sizes.append(len(inputs[0])))
+    whole = predict(model, data.x_test[:100], CPU, 1024, tta=2)
+    assert sizes == [100] * 6  # TTA: six passes
+    sizes.clear()
+    chunked = predict(
+        model, data.x_test[:100], CPU, 1024, tta=2, execution=Execution(eval_chunk=32)
+    )
+    assert sizes == [32] * 6 + [32] * 6 + [32] * 6 + [4] * 6
+    assert float((whole == chunked).float().mean()) >= 0.99  # a float tie at most
+    assert model.training  # handed back in the mode it came in

@@ -11,10 +11,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchattacks
+from torch.nn.modules.module import register_module_forward_pre_hook
 
 from uebench.api import craft
 from uebench.data import ImageData, to_float
 from uebench.errors import UebenchError
+from uebench.execution import Execution
+from uebench.method import CraftContext
 from uebench.registry import ARCHS
 from uebench.training import TrainConfig, train
 
@@ -82,6 +85,26 @@ def test_same_seed_same_poison_another_seed_another(method):
     first, second = run(QUICK[method]), run(QUICK[method])
     assert torch.equal(first.delta, second.delta)
     assert not torch.equal(first.delta, run(f"{QUICK[method]}:seed=1").delta)
+
+
+def test_tap_crafts_the_same_noise_with_its_gradient_in_chunks():
+    data = synthetic(3, 20)  # 60 images: tap's batches of 32 and 28
+    noise, sizes = {}, {}
+    for execution in (Execution(), Execution(eval_chunk=16)):
+        context = CraftContext(torch.device("cpu"), TRAIN, False, execution=execution)
+        seen = sizes[execution.eval_chunk] = set()
+        hook = register_module_forward_pre_hook(
+            lambda _, inputs, seen=seen: seen.add(len(inputs[0]))
+        )
+        try:
+            noise[execution.eval_chunk] = context.craft(QUICK["tap"], data).delta
+        finally:
+            hook.remove()
+    assert 16 in sizes[16] and 12 in sizes[16]  # the batches went through in chunks
+    assert 16 not in sizes[None]
+    moved = (noise[None] - noise[16]).abs()
+    assert float((moved > 1e-6).float().mean()) < 0.01  # a sign flip on a float tie, at most
+    assert float(noise[None].abs().max()) > 1 / 255  # the noise is not empty
 
 
 def test_tap_pushes_source_predictions_toward_the_target_classes():

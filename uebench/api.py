@@ -30,6 +30,7 @@ from uebench.benchmark.runner import (
 )
 from uebench.data import ImageData
 from uebench.datasets import load_dataset
+from uebench.execution import execution_for
 from uebench.grid import GridConfig, run_grid
 from uebench.grid.cell import load_cell_data
 from uebench.grid.protocols import resolve_protocol
@@ -83,7 +84,8 @@ def craft(
     protocol's method options (what ``uebench run`` adds, e.g. the ``mini`` protocol's source
     model) are not added; write them into the spec (``uebench list protocols`` shows them).
     """
-    ctx = CraftContext(resolve_device(device), train or TrainConfig(), progress)
+    where = resolve_device(device)
+    ctx = CraftContext(where, train or TrainConfig(), progress, execution=execution_for(where))
     return spec_poison(method, ctx.craft(method, data), data)
 
 

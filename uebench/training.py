@@ -299,6 +299,7 @@ def predict(
     was_training = model.training
     model.eval()
     out = []
+    batch_size = execution.eval_batch(batch_size)
     size = min(batch_size, len(x))
     for start in range(0, len(x), batch_size):
         batch = to_float(x[start : start + batch_size].to(device, non_blocking=True))
