@@ -110,12 +110,22 @@ def timing_probes(
         )
     # One evaluation pass as the trainer runs it each epoch (plain; the final one with TTA),
     # to separate training throughput from evaluation.
-    probe = ARCHS.build(cell.arch, data.num_classes, data.image_shape).to(device)
+    execution = execution_for(device)  # the cell's: channels-last, evaluated in chunks on a CPU
+    probe = execution.place(ARCHS.build(cell.arch, data.num_classes, data.image_shape), device)
     config = cell.train
     eval_s = {}
     for tta in (0, 0, config.tta):  # the first pass warms up
         started = time.perf_counter()
-        accuracy(probe, data.x_test, data.y_test, device, config.eval_batch_size, config.amp, tta)
+        accuracy(
+            probe,
+            data.x_test,
+            data.y_test,
+            device,
+            config.eval_batch_size,
+            config.amp,
+            tta,
+            execution,
+        )
         sync(device)
         eval_s[tta] = time.perf_counter() - started
     print(f"one test evaluation: {eval_s[0]:.2f} s plain, {eval_s[config.tta]:.2f} s with TTA")

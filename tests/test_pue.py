@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from uebench.api import craft, load
 from uebench.crafting import SmoothedSourceSteps, WeightNoise, minimize_error, perturbed_weights
 from uebench.errors import UebenchError
-from uebench.poison import Poison
-from uebench.registry import METHODS
+from uebench.poison import Poison, Surrogate
+from uebench.registry import ARCHS, METHODS
 
 SOURCE = "source=[smallcnn:width=4]"
 QUICK = f"max_rounds=2:model_steps=2:{SOURCE}"
@@ -166,3 +166,13 @@ def test_emin_keeps_its_surrogate_through_save_and_load(data, tmp_path):
 def test_bad_options_are_one_line_errors(spec, message):
     with pytest.raises(UebenchError, match=message):
         METHODS.build(spec)
+
+
+def test_a_surrogate_keeps_its_weights_in_the_standard_layout():
+    model = ARCHS.build("smallcnn:width=4", 10, (3, 8, 8)).to(memory_format=torch.channels_last)
+    assert any(not value.is_contiguous() for value in model.state_dict().values())
+    surrogate = Surrogate.of(model, "smallcnn:width=4", 10, (3, 8, 8))
+    assert all(value.is_contiguous() for value in surrogate.state.values())
+    x = torch.rand(4, 3, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(surrogate.build()(x), model.eval()(x))

@@ -47,8 +47,12 @@ class Surrogate:
 
     def __post_init__(self) -> None:
         self.image_shape = tuple(int(side) for side in self.image_shape)  # type: ignore[assignment]
-        # A copy: a live model's state_dict aliases its weights, which crafting goes on changing.
-        self.state = {name: value.detach().cpu().clone() for name, value in self.state.items()}
+        # A copy: a live model's state_dict aliases its weights, which crafting goes on changing;
+        # in the standard layout, so a saved surrogate does not depend on how the model ran.
+        self.state = {
+            name: value.detach().cpu().clone(memory_format=torch.contiguous_format)
+            for name, value in self.state.items()
+        }
 
     @classmethod
     def of(
