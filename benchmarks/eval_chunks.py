@@ -23,12 +23,12 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 import torchattacks
+from whitening_freeze import seconds_per_step
 
 from uebench import ARCHS
 from uebench.execution import Execution
@@ -37,15 +37,6 @@ from uebench.training import predict
 CHUNK = 128
 WHOLE = Execution(channels_last=True)
 CHUNKED = Execution(channels_last=True, eval_chunk=CHUNK)
-
-
-def seconds(work: Callable[[], object], repeats: int) -> float:
-    """Seconds per call of ``work``, after one call to warm it."""
-    work()
-    started = time.perf_counter()
-    for _ in range(repeats):
-        work()
-    return (time.perf_counter() - started) / repeats
 
 
 def workloads(model: torch.nn.Module) -> dict[str, tuple[Callable[[], object], ...]]:
@@ -98,11 +89,11 @@ def main() -> None:
         parts = []
         for name, (whole_work, chunked_work) in runs.items():
             if round_ % 2:  # each goes first in half the rounds
-                whole = seconds(whole_work, args.repeats)
-                chunked = seconds(chunked_work, args.repeats)
+                whole = seconds_per_step(whole_work, args.repeats)
+                chunked = seconds_per_step(chunked_work, args.repeats)
             else:
-                chunked = seconds(chunked_work, args.repeats)
-                whole = seconds(whole_work, args.repeats)
+                chunked = seconds_per_step(chunked_work, args.repeats)
+                whole = seconds_per_step(whole_work, args.repeats)
             ratios[name].append(whole / chunked)
             parts.append(f"{name} {whole * 1000:.0f}/{chunked * 1000:.0f} ms")
         print(f"round {round_}: " + ", ".join(parts))

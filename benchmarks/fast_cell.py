@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import statistics
 import tempfile
 import time
 from collections.abc import Callable
@@ -55,6 +56,10 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+#: Rounds of the bare step; its figure is their median.
+BARE_ROUNDS = 3
+
+
 def bare_throughput(
     arch: str,
     config: TrainConfig,
@@ -65,7 +70,9 @@ def bare_throughput(
 ) -> float:
     """Images/s of forward+backward+step alone on one pre-made float batch of
     ``config.batch_size`` (the model's limit), the model run as ``execution`` says (the
-    device's default; compilation happens in the warm-up, not timed)."""
+    device's default; compilation happens in the warm-up, not timed): the median of
+    :data:`BARE_ROUNDS` rounds of ``steps`` steps, as one round on a shared machine moves by
+    as much as the gaps it is compared with."""
     execution = execution or execution_for(device)
     model = execution.place(ARCHS.build(arch, data.num_classes, data.image_shape), device)
     fit_to_training_images(model, data.x_train.to(device))
@@ -84,12 +91,15 @@ def bare_throughput(
 
     for _ in range(3 if execution.compile else 1):  # warm-up: compiled, memory allocated
         step()
-    sync(device)
-    started = time.perf_counter()
-    for _ in range(steps):
-        step()
-    sync(device)
-    return steps * len(labels) / (time.perf_counter() - started)
+    speeds = []
+    for _ in range(BARE_ROUNDS):
+        sync(device)
+        started = time.perf_counter()
+        for _ in range(steps):
+            step()
+        sync(device)
+        speeds.append(steps * len(labels) / (time.perf_counter() - started))
+    return statistics.median(speeds)
 
 
 def timing_probes(

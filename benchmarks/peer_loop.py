@@ -26,10 +26,12 @@ outside the timed span, to show that both trained.  The timed span is wall-clock
 CPU model to the trained model, device synchronized at both ends: moving the model and data to
 the device, a data-fitted layer's fitting (airbench's whitening; both sides fit it), every
 epoch, and compiling where the trainer compiles.  Optimizer steps and training images are
-counted by hooks on both sides and must agree.  Before either side it times the model's bare
-forward+backward+step on one resident float batch (``benchmarks/fast_cell.py``'s figure),
-which also warms the process's kernels for both; ``--compile`` adds that step through
-``torch.compile``.  bf16 autocast (``--amp``, CUDA only) applies to both sides or neither.
+counted by hooks on both sides and must agree.  Each side runs ``--rounds`` times (2), the
+two taking turns to go first, and their median speeds are compared.  Before either side it
+times the model's bare forward+backward+step on one resident float batch
+(``benchmarks/fast_cell.py``'s figure), which also warms the process's kernels for both;
+``--compile`` adds that step through ``torch.compile``.  bf16 autocast (``--amp``, CUDA only)
+applies to both sides or neither.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ import contextlib
 import copy
 import itertools
 import os
+import statistics
 import sys
 import time
 from collections.abc import Iterator
@@ -232,6 +235,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--probe-batches", type=int, default=8, help="steps per worker probe")
     parser.add_argument("--bare-steps", type=int, default=20)
     parser.add_argument(
+        "--rounds", type=int, default=2, help="runs of each side, the first side alternating"
+    )
+    parser.add_argument(
         "--compile",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -239,7 +245,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "time the compiled bare step",
     )
     args = parser.parse_args(argv)
-    for name in ("train_size", "test_size", "epochs", "batch_size", "probe_batches", "bare_steps"):
+    positive = ("train_size", "test_size", "epochs", "batch_size", "probe_batches", "bare_steps")
+    for name in (*positive, "rounds"):
         if getattr(args, name) < 1:
             parser.error(
                 f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}"
@@ -318,19 +325,35 @@ def main(argv: list[str] | None = None) -> None:
         "peer": f"peer loop (PIL Dataset, per-sample transforms, DataLoader, {workers} worker(s))",
         "uebench": f"uebench trainer ({execution})",
     }
-    speed = {}
-    for side, name in names.items():
-        model = copy.deepcopy(initial)
-        with counting(model) as counts:
-            if side == "peer":
-                seconds = peer_train(model, data, config, device, workers, args.seed)
-            else:
-                seconds = uebench_train(model, data, config, device, args.seed, execution)
-        if counts != expected:
-            sys.exit(f"peer_loop.py: error: the {name} made {counts}, not {expected}")
-        speed[side] = expected["images"] / seconds
-        acc = accuracy(model, data.x_test, data.y_test, device, config.eval_batch_size, args.amp)
-        print(f"{name}: {speed[side]:.0f} img/s ({seconds:.2f} s); test accuracy after {acc:.2f}%")
+    speeds: dict[str, list[float]] = {side: [] for side in names}
+    for round_ in range(args.rounds):
+        # The side that runs second in a process inherits the first's memory and caches, so
+        # the two take turns going first.
+        order = list(names) if round_ % 2 == 0 else list(reversed(names))
+        for side in order:
+            name = names[side]
+            model = copy.deepcopy(initial)
+            with counting(model) as counts:
+                if side == "peer":
+                    seconds = peer_train(model, data, config, device, workers, args.seed)
+                else:
+                    seconds = uebench_train(model, data, config, device, args.seed, execution)
+            if counts != expected:
+                sys.exit(f"peer_loop.py: error: the {name} made {counts}, not {expected}")
+            speeds[side].append(expected["images"] / seconds)
+            acc = accuracy(
+                model, data.x_test, data.y_test, device, config.eval_batch_size, args.amp
+            )
+            print(
+                f"{name}: {speeds[side][-1]:.0f} img/s ({seconds:.2f} s); "
+                f"test accuracy after {acc:.2f}%"
+            )
+    speed = {side: statistics.median(values) for side, values in speeds.items()}
+    if args.rounds > 1:
+        print(
+            f"median over {args.rounds} rounds: peer {speed['peer']:.0f} img/s, "
+            f"uebench {speed['uebench']:.0f} img/s"
+        )
     ours = speed["uebench"]
     print(f"uebench / peer: {ours / speed['peer']:.2f}×  [goal: ≥ 2×]")
     print(f"uebench trainer / bare eager step: {ours / bare:.2f}")

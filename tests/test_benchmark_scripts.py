@@ -61,6 +61,10 @@ def test_peer_loop_trains_both_sides_on_the_same_steps(tmp_path):
     chosen = re.search(r"DataLoader, (\d) worker\(s\)\): \d+ img/s", out)
     assert chosen and chosen.group(1) in probed
     assert re.search(r"uebench trainer \(Execution\(.*\)\): \d+ img/s", out)
+    # Two rounds, the sides taking turns to go first: peer, uebench, uebench, peer.
+    sides = re.findall(r"^(peer loop|uebench trainer) \(", out, flags=re.MULTILINE)
+    assert sides == ["peer loop", "uebench trainer", "uebench trainer", "peer loop"]
+    assert "median over 2 rounds" in out
     assert re.search(r"uebench / peer: \d+\.\d\d×", out)
     assert re.search(r"uebench trainer / bare eager step: \d+\.\d\d", out)
 
@@ -70,6 +74,7 @@ def test_peer_loop_trains_both_sides_on_the_same_steps(tmp_path):
     [
         (["--workers", "-1"], "--workers must be at least 0, got -1"),
         (["--batch-size", "0"], "--batch-size must be at least 1, got 0"),
+        (["--rounds", "0"], "--rounds must be at least 1, got 0"),
         (["--arch", "nonesuch"], "nonesuch"),
         (["--device", "gpu7"], "unknown device 'gpu7'"),
     ],

@@ -12,7 +12,7 @@ faster (``benchmarks/execution_choices.py``, figures in ``docs/performance.md``)
   compile time counted, off where it did not or where it has not been measured;
 * the batch an evaluation runs at (:meth:`Execution.eval_batch`): in eval mode images do not
   affect each other, so the predictions do not depend on it.  On a CPU 128 images at a time
-  keep the activations in cache and predicted 1.56× faster than 1024 on ``mini``'s victim
+  keep the activations in cache and predicted 1.55× faster than 1024 on ``mini``'s victim
   (``benchmarks/eval_chunks.py``); a GPU takes the whole evaluation batch.
 
 ``UEBENCH_COMPILE=0`` or ``1`` (or ``uebench run --compile/--no-compile``) overrides the
