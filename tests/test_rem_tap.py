@@ -14,6 +14,7 @@ import torchattacks
 from torch.nn.modules.module import register_module_forward_pre_hook
 
 from uebench.api import craft
+from uebench.crafting import chunked_input_gradient
 from uebench.data import ImageData, to_float
 from uebench.errors import UebenchError
 from uebench.execution import Execution
@@ -203,3 +204,21 @@ def test_cli_runs_rem_and_tap_end_to_end(tmp_path):
     table = pd.read_csv(tmp_path / "run" / "results.csv")
     assert sorted(table["method"].str.split(":").str[0]) == ["rem", "tap"]
     assert table["final_acc"].between(0, 100).all()
+
+
+def test_a_chunked_gradient_is_the_whole_batch_s_and_keeps_training_batches_whole():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 3), torch.nn.BatchNorm1d(3)
+    )
+    sizes: list[int] = []
+    model.register_forward_pre_hook(lambda _, inputs: sizes.append(len(inputs[0])))
+    x, y = torch.rand(10, 3, 8, 8), torch.randint(0, 3, (10,))
+    gradient = chunked_input_gradient(model, torch.nn.Identity(), 4)
+    for mode, expected in ((model.train, [10]), (model.eval, [4, 4, 2])):
+        mode()
+        inputs = x.clone().requires_grad_(True)
+        (whole,) = torch.autograd.grad(F.cross_entropy(model(inputs), y), inputs)
+        sizes.clear()
+        torch.testing.assert_close(gradient(x, y), whole, rtol=1e-5, atol=1e-7)
+        assert sizes == expected  # BatchNorm's batch statistics need the training batch whole

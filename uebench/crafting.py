@@ -237,10 +237,10 @@ def chunked_input_gradient(
     """The gradient of the mean cross-entropy of ``model(augment(inputs))`` with respect to
     ``inputs``, the model's forward and backward pass run ``chunk`` images at a time.
 
-    ``model`` must be in eval mode, where images do not affect each other, so the gradient is
-    the whole batch's; one chunk's activations stay in a CPU's cache (a batch of 512 in chunks
-    of 128: 1.37× faster, ``benchmarks/eval_chunks.py``).  The augmentation runs once on the
-    whole batch, so its random draws are the same as in one whole pass.
+    In eval mode images do not affect each other, so the gradient is the whole batch's (a model
+    in training mode runs in one piece); one chunk's activations stay in a CPU's cache (a batch
+    of 512 in chunks of 128: 1.37× faster, ``benchmarks/eval_chunks.py``).  The augmentation
+    runs once on the whole batch, so its random draws are the same as in one whole pass.
     """
 
     def gradient(inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -248,7 +248,9 @@ def chunked_input_gradient(
         with craft_autocast(inputs.device):
             views = augment(inputs)
         pieces = []
-        for part, targets in zip(views.detach().split(chunk), labels.split(chunk), strict=True):
+        # In training mode BatchNorm ties the batch together: one piece, then.
+        size = len(labels) if model.training else chunk
+        for part, targets in zip(views.detach().split(size), labels.split(size), strict=True):
             part = part.requires_grad_(True)
             with craft_autocast(inputs.device):
                 logits = model(part).float()
