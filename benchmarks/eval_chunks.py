@@ -79,6 +79,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: a grid worker's)")
     args = parser.parse_args()
+    for flag in ("rounds", "repeats", "threads"):
+        if getattr(args, flag) < 1:
+            parser.error(
+                f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}"
+            )
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model = WHOLE.place(ARCHS.build(args.arch, 10, (3, 32, 32)), torch.device("cpu")).eval()

@@ -39,6 +39,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: a grid worker's)")
     args = parser.parse_args()
+    for flag in ("width", "batch_size", "steps", "rounds", "threads"):
+        if getattr(args, flag) < 1:
+            parser.error(
+                f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}"
+            )
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     device = torch.device("cpu")

@@ -97,3 +97,22 @@ def test_peer_loop_names_a_missing_data_root_in_one_line(monkeypatch, tmp_path):
     text = str(exit_.value.code)
     assert text.startswith("peer_loop.py: error: ") and "\n" not in text
     assert "absent" in text
+
+
+@pytest.mark.parametrize(
+    ("script", "flags", "message"),
+    [
+        ("eval_chunks.py", ["--rounds", "0"], "--rounds must be at least 1, got 0"),
+        ("whitening_freeze.py", ["--batch-size", "0"], "--batch-size must be at least 1, got 0"),
+    ],
+)
+def test_timing_scripts_refuse_bad_flags_in_one_line(script, flags, message):
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / script), *flags],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1].endswith(message)
+    assert "Traceback" not in done.stderr

@@ -36,7 +36,8 @@ from uebench.errors import UebenchError
 COMPILE_BY_DEFAULT = {"cpu": False, "cuda": False}
 #: Whether models run channels-last, per device type.
 CHANNELS_LAST_BY_DEFAULT = {"cpu": True, "cuda": True}
-#: The most images an eval-mode forward pass runs at once, per device type (None: no limit).
+#: The most images an evaluation (and ``tap``'s input gradient) runs at once, per device type
+#: (None: no limit).
 EVAL_CHUNK_BY_DEFAULT: dict[str, int | None] = {"cpu": 128, "cuda": None}
 #: The environment variable that overrides :data:`COMPILE_BY_DEFAULT`.
 COMPILE_ENV = "UEBENCH_COMPILE"
