@@ -16,6 +16,7 @@ from uebench.grid.estimate import (
     describe_duration,
     estimate_grid,
     paper_on_cpu_warning,
+    probe_step,
     protocol_phrase,
     step_seconds,
 )
@@ -133,6 +134,46 @@ def test_the_probe_times_real_steps_and_leaves_the_random_state():
     seconds = step_seconds("smallcnn:width=4", data, config, torch.device("cpu"))
     assert 0 < seconds < 5
     assert torch.equal(torch.get_rng_state(), state)
+
+
+class FakeDevice:
+    """Seconds of a probe run on a made-up device: a one-time cost for the process and for each
+    batch size's first run, a cost per run (building the model) and one per step."""
+
+    def __init__(self, step_fixed: float, per_image: float) -> None:
+        self.step_fixed, self.per_image = step_fixed, per_image
+        self.sizes: set[int] = set()
+        self.spent = 0.0
+
+    def step(self, size: int) -> float:
+        return self.step_fixed + self.per_image * size
+
+    def timed(self, images: int, size: int) -> float:
+        first = (0.5 if not self.sizes else 0.0) + (0.2 if size not in self.sizes else 0.0)
+        self.sizes.add(size)
+        seconds = first + 0.05 + (images // size) * self.step(size)
+        self.spent += seconds
+        return seconds
+
+
+@pytest.mark.parametrize(
+    ("step_fixed", "per_image", "tolerance"),
+    [
+        (0.01, 0.0007, 0.02),  # mini's victim on one busy core: 0.19 s a step of 256
+        (0.0005, 0.00002, 0.02),  # a fast device: many steps timed
+        (0.1, 0.2, 0.1),  # 51 s a step: extrapolated from small batches, not timed whole
+    ],
+)
+def test_the_probe_reads_the_step_without_its_one_time_costs(step_fixed, per_image, tolerance):
+    device = FakeDevice(step_fixed, per_image)
+    seconds = probe_step(device.timed, 256, budget=1.0)
+    assert seconds == pytest.approx(device.step(256), rel=tolerance)
+    assert device.spent < 15.0  # a probe stays short even when one step is long
+
+
+def test_the_probe_handles_a_batch_no_larger_than_its_small_one():
+    device = FakeDevice(0.01, 0.001)
+    assert probe_step(device.timed, 4, budget=1.0) == pytest.approx(device.step(4), rel=0.02)
 
 
 def test_durations_read_as_a_person_would():

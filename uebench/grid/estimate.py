@@ -1,8 +1,8 @@
 """What a grid will cost, said before its first cell: its protocol and a rough time estimate.
 
 The estimate times a few training steps of each architecture the grid trains (victims and
-crafting sources) at the grid's batch size on this device (:func:`step_seconds`, about a
-second each; a first, untimed call takes the one-time costs), then multiplies:
+crafting sources) at the grid's batch size on this device (:func:`step_seconds`, about two
+seconds each; untimed runs take the one-time costs first), then multiplies:
 
 * a cell: its steps (epochs × ⌈training images / batch⌉) × its countermeasure's
   :meth:`~uebench.countermeasure.Countermeasure.cost_factor`, plus its test evaluations
@@ -41,6 +41,8 @@ from uebench.training import TrainConfig, resolve_device, train
 PROBE_BUDGET_S = 1.0
 #: Images per step of the probe's first look at an architecture (scaled up to the batch).
 PROBE_SMALL_BATCH = 8
+#: A step this many probe budgets long (judged from a small batch) is not timed at full size.
+LONG_STEP_BUDGETS = 10
 #: A forward pass alone, as a share of a training step's forward and backward pass.
 FORWARD_SHARE = 1 / 3
 
@@ -70,16 +72,10 @@ def step_seconds(
 ) -> float:
     """Seconds one training step of ``arch`` takes at ``config.batch_size`` on ``device``.
 
-    A first call at a small batch takes the one-time costs and is not counted.  When a step
-    at the full batch would take more than half of ``budget``, the small batch's time is
-    scaled up to it; otherwise a run of one full step is subtracted from a run of up to six,
-    so what every run pays once (building the model, fitting a data-dependent layer, the
-    first step's kernel choices) is not counted per step.  The model runs as cells run it
-    (:func:`uebench.execution.execution_for`, compilation aside).  Random images of the data's
-    shape are used, and the global random state is left as it was.
+    Each probe run builds the model and trains it for one epoch on random images of the data's
+    shape, as cells run it (:func:`uebench.execution.execution_for`, compilation aside);
+    :func:`probe_step` says which runs it makes.  The global random state is left as it was.
     """
-    batch = config.batch_size
-    small = min(batch, PROBE_SMALL_BATCH)
     generator = torch.Generator().manual_seed(0)
 
     def timed(images: int, size: int) -> float:
@@ -98,13 +94,39 @@ def step_seconds(
     devices = [device] if device.type == "cuda" else []
     doing = plugin_errors(f"architecture {arch!r}", "timing a training step")
     with doing, torch.random.fork_rng(devices=devices):
-        timed(small, small)
-        predicted = timed(small, small) * batch / small
-        if predicted > budget / 2:
-            return predicted
-        steps = max(1, min(5, int(budget / predicted) - 1))
-        once = timed(batch, batch)
-        return max(timed((steps + 1) * batch, batch) - once, 0.0) / steps or once
+        return probe_step(timed, config.batch_size, budget)
+
+
+def probe_step(
+    timed: Callable[[int, int], float], batch: int, budget: float = PROBE_BUDGET_S
+) -> float:
+    """Seconds of one training step at ``batch`` images, from ``timed(images, batch_size)``
+    (the seconds of one epoch on ``images`` images at ``batch_size``, one-time costs of a
+    run included).
+
+    A first run at a small batch pays the process's one-time costs.  When a step at the full
+    batch would take more than ``LONG_STEP_BUDGETS`` × ``budget`` (judged from a second small
+    run scaled up, which overstates it), the step is the small batch's cost per added image
+    (runs at two small sizes, their difference) times the batch.  Otherwise an untimed run at
+    the full batch pays that size's one-time costs (kernel choices, memory), and one step is
+    subtracted from up to six (each the faster of two runs), so what every run pays once
+    (building the model, fitting a data-dependent layer) is not counted per step.  A small
+    run scaled up counts those once-per-run costs per step, so it is only a test of length:
+    on a short step it reads many times the step.
+    """
+    small = min(batch, PROBE_SMALL_BATCH)
+    timed(small, small)
+    one_small = timed(small, small)
+    if one_small * batch / small > LONG_STEP_BUDGETS * budget and batch > small:
+        larger = min(batch, 4 * small)
+        per_image = max(timed(larger, larger) - one_small, 0.0) / (larger - small)
+        return per_image * batch or one_small * batch / small
+    timed(batch, batch)
+    # A busy machine only ever slows a run down: the faster of two is the truer.
+    once = min(timed(batch, batch), timed(batch, batch))
+    steps = max(1, min(5, int(budget / 2 / once) - 1)) if once > 0 else 5
+    many = min(timed((steps + 1) * batch, batch), timed((steps + 1) * batch, batch))
+    return max(many - once, 0.0) / steps or once
 
 
 def _synchronize(device: torch.device) -> None:
