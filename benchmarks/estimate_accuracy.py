@@ -7,7 +7,9 @@ test).
 
 First the step probe on its own: ``step_seconds`` ``--rounds`` × 3 times on a small model whose
 step is short next to what each probe run pays once (``smallcnn:width=4`` at batch 1024 on 8×8
-digits, as a GPU's step is short), beside the step measured over 20 epochs of one step.  Then
+digits, as a GPU's step is short), beside the step measured over 20 epochs of one step and
+beside a batch of 8 timed and scaled up to 1024 (which counts each run's fixed costs per
+step).  Then
 the estimate is made for the field table's 34 cells under ``mini``, as one of its workers makes
 it (a fresh process of one thread), with nothing else running and with a second one-thread
 process training ``mini``'s victim beside it (the other worker); each is repeated ``--rounds``
@@ -74,7 +76,7 @@ def probe_beside_steady_step(rounds: int) -> None:
     import torch
 
     from uebench.grid.cell import load_cell_data
-    from uebench.grid.estimate import step_seconds
+    from uebench.grid.estimate import PROBE_SMALL_BATCH, probe_runs, step_seconds
     from uebench.registry import ARCHS
     from uebench.training import TrainConfig, train
 
@@ -83,6 +85,11 @@ def probe_beside_steady_step(rounds: int) -> None:
     config = TrainConfig(batch_size=1024)
     arch, device = "smallcnn:width=4", torch.device("cpu")
     readings = sorted(step_seconds(arch, data, config, device) for _ in range(3 * rounds))
+    scaled = []  # a batch of 8 scaled up, its run's fixed costs counted per step
+    for _ in range(3 * rounds):
+        timed = probe_runs(arch, data, config, device)
+        timed(PROBE_SMALL_BATCH, PROBE_SMALL_BATCH)
+        scaled.append(timed(PROBE_SMALL_BATCH, PROBE_SMALL_BATCH) * 1024 / PROBE_SMALL_BATCH)
     x = torch.randint(0, 256, (1024, *data.image_shape), dtype=torch.uint8)
     y = torch.randint(0, data.num_classes, (1024,))
 
@@ -94,11 +101,10 @@ def probe_beside_steady_step(rounds: int) -> None:
 
     run(1)
     steady = min((run(21) - run(1)) / 20 for _ in range(2))
-    shown = ", ".join(f"{value * 1000:.0f}" for value in readings)
-    print(
-        f"probe of {arch} at batch 1024: {shown} ms a step (sorted); measured "
-        f"{steady * 1000:.0f} ms; worst reading {readings[-1] / steady:.1f}× the step"
-    )
+    print(f"{arch} at batch 1024: {steady * 1000:.0f} ms a step over 20 epochs of one step")
+    for name, values in (("probe", readings), ("a batch of 8 scaled up", sorted(scaled))):
+        shown = ", ".join(f"{value * 1000:.0f}" for value in values)
+        print(f"{name}: {shown} ms (sorted); the worst {max(values) / steady:.1f}× the step")
 
 
 def measured(records: Path) -> tuple[int, float, float]:

@@ -70,12 +70,20 @@ def step_seconds(
     device: torch.device,
     budget: float = PROBE_BUDGET_S,
 ) -> float:
-    """Seconds one training step of ``arch`` takes at ``config.batch_size`` on ``device``.
+    """Seconds one training step of ``arch`` takes at ``config.batch_size`` on ``device``
+    (:func:`probe_step` over :func:`probe_runs`); the global random state is left as it was."""
+    devices = [device] if device.type == "cuda" else []
+    doing = plugin_errors(f"architecture {arch!r}", "timing a training step")
+    with doing, torch.random.fork_rng(devices=devices):
+        return probe_step(probe_runs(arch, data, config, device), config.batch_size, budget)
 
-    Each probe run builds the model and trains it for one epoch on random images of the data's
-    shape, as cells run it (:func:`uebench.execution.execution_for`, compilation aside);
-    :func:`probe_step` says which runs it makes.  The global random state is left as it was.
-    """
+
+def probe_runs(
+    arch: str, data: ImageData, config: TrainConfig, device: torch.device
+) -> Callable[[int, int], float]:
+    """``timed(images, batch_size)``: the seconds of building ``arch`` and training it for one
+    epoch on ``images`` random images of the data's shape, as cells run it
+    (:func:`uebench.execution.execution_for`, compilation aside)."""
     generator = torch.Generator().manual_seed(0)
 
     def timed(images: int, size: int) -> float:
@@ -91,10 +99,7 @@ def step_seconds(
         _synchronize(device)
         return time.perf_counter() - started
 
-    devices = [device] if device.type == "cuda" else []
-    doing = plugin_errors(f"architecture {arch!r}", "timing a training step")
-    with doing, torch.random.fork_rng(devices=devices):
-        return probe_step(timed, config.batch_size, budget)
+    return timed
 
 
 def probe_step(
