@@ -135,8 +135,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.rounds < 1:
         parser.error(f"--rounds must be at least 1, got {args.rounds}")
+    cells, training, crafting = measured(Path(args.records))  # a missing folder fails first
     probe_beside_steady_step(args.rounds)
-    cells, training, crafting = measured(Path(args.records))
     print(f"records: {cells} cells, training {training:.0f} s, crafting {crafting:.0f} s")
     for load in ("alone", "beside a busy worker"):
         busy = None

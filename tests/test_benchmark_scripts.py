@@ -104,6 +104,11 @@ def test_peer_loop_names_a_missing_data_root_in_one_line(monkeypatch, tmp_path):
     [
         ("eval_chunks.py", ["--rounds", "0"], "--rounds must be at least 1, got 0"),
         ("whitening_freeze.py", ["--batch-size", "0"], "--batch-size must be at least 1, got 0"),
+        (
+            "estimate_accuracy.py",
+            ["--records", "x", "--rounds", "0"],
+            "--rounds must be at least 1, got 0",
+        ),
     ],
 )
 def test_timing_scripts_refuse_bad_flags_in_one_line(script, flags, message):
@@ -116,3 +121,17 @@ def test_timing_scripts_refuse_bad_flags_in_one_line(script, flags, message):
     assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1].endswith(message)
     assert "Traceback" not in done.stderr
+
+
+def test_the_estimate_benchmark_needs_a_finished_table_before_any_timing(tmp_path):
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "estimate_accuracy.py"), "--records", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1
+    assert done.stderr.strip() == (
+        f"estimate_accuracy: no cell records in {tmp_path / 'cells'}; run field_table.py"
+    )
+    assert done.stdout == ""
