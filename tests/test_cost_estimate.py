@@ -140,8 +140,8 @@ class FakeDevice:
     """Seconds of a probe run on a made-up device: a one-time cost for the process and for each
     batch size's first run, a cost per run (building the model) and one per step."""
 
-    def __init__(self, step_fixed: float, per_image: float) -> None:
-        self.step_fixed, self.per_image = step_fixed, per_image
+    def __init__(self, step_fixed: float, per_image: float, per_run: float = 0.05) -> None:
+        self.step_fixed, self.per_image, self.per_run = step_fixed, per_image, per_run
         self.sizes: set[int] = set()
         self.spent = 0.0
 
@@ -149,26 +149,26 @@ class FakeDevice:
         return self.step_fixed + self.per_image * size
 
     def timed(self, images: int, size: int) -> float:
-        first = (0.5 if not self.sizes else 0.0) + (0.2 if size not in self.sizes else 0.0)
+        first = (0.5 if not self.sizes else 0.0) + (0.3 if size not in self.sizes else 0.0)
         self.sizes.add(size)
-        seconds = first + 0.05 + (images // size) * self.step(size)
+        seconds = first + self.per_run + (images // size) * self.step(size)
         self.spent += seconds
         return seconds
 
 
 @pytest.mark.parametrize(
-    ("step_fixed", "per_image", "tolerance"),
+    ("device", "batch", "tolerance"),
     [
-        (0.01, 0.0007, 0.02),  # mini's victim on one busy core: 0.19 s a step of 256
-        (0.0005, 0.00002, 0.02),  # a fast device: many steps timed
-        (0.1, 0.2, 0.1),  # 51 s a step: extrapolated from small batches, not timed whole
+        (FakeDevice(0.01, 0.0007), 256, 0.02),  # mini's victim on one busy core: 0.19 s a step
+        (FakeDevice(0.005, 0.00001, per_run=0.1), 1024, 0.02),  # a GPU: short and flat
+        (FakeDevice(0.2, 0.002), 256, 0.1),  # 0.7 s: one run, its fixed cost in
+        (FakeDevice(0.1, 0.2), 256, 0.1),  # 51 s: from two small batches, not timed whole
     ],
 )
-def test_the_probe_reads_the_step_without_its_one_time_costs(step_fixed, per_image, tolerance):
-    device = FakeDevice(step_fixed, per_image)
-    seconds = probe_step(device.timed, 256, budget=1.0)
-    assert seconds == pytest.approx(device.step(256), rel=tolerance)
-    assert device.spent < 15.0  # a probe stays short even when one step is long
+def test_the_probe_reads_the_step_without_its_one_time_costs(device, batch, tolerance):
+    seconds = probe_step(device.timed, batch, budget=1.0)
+    assert seconds == pytest.approx(device.step(batch), rel=tolerance)
+    assert device.spent < 12.0  # a probe stays short even when one step is long
 
 
 def test_the_probe_handles_a_batch_no_larger_than_its_small_one():

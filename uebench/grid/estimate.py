@@ -1,8 +1,8 @@
 """What a grid will cost, said before its first cell: its protocol and a rough time estimate.
 
 The estimate times a few training steps of each architecture the grid trains (victims and
-crafting sources) at the grid's batch size on this device (:func:`step_seconds`, about two
-seconds each; untimed runs take the one-time costs first), then multiplies:
+crafting sources) at the grid's batch size on this device (:func:`step_seconds`, a second or
+two each; untimed runs take the one-time costs first), then multiplies:
 
 * a cell: its steps (epochs × ⌈training images / batch⌉) × its countermeasure's
   :meth:`~uebench.countermeasure.Countermeasure.cost_factor`, plus its test evaluations
@@ -41,8 +41,8 @@ from uebench.training import TrainConfig, resolve_device, train
 PROBE_BUDGET_S = 1.0
 #: Images per step of the probe's first look at an architecture (scaled up to the batch).
 PROBE_SMALL_BATCH = 8
-#: A step this many probe budgets long (judged from a small batch) is not timed at full size.
-LONG_STEP_BUDGETS = 10
+#: A step this many probe budgets long (judged from two small batches) is not timed whole.
+LONG_STEP_BUDGETS = 5
 #: A forward pass alone, as a share of a training step's forward and backward pass.
 FORWARD_SHARE = 1 / 3
 
@@ -109,29 +109,33 @@ def probe_step(
     (the seconds of one epoch on ``images`` images at ``batch_size``, one-time costs of a
     run included).
 
-    A first run at a small batch pays the process's one-time costs.  When a step at the full
-    batch would take more than ``LONG_STEP_BUDGETS`` × ``budget`` (judged from a second small
-    run scaled up, which overstates it), the step is the small batch's cost per added image
-    (runs at two small sizes, their difference) times the batch.  Otherwise an untimed run at
-    the full batch pays that size's one-time costs (kernel choices, memory), and one step is
-    subtracted from up to six (each the faster of two runs), so what every run pays once
+    A first run at a small batch pays the process's one-time costs.  Two small batches (8 and
+    32 images) then give the cost of each added image; when that puts the full step over
+    ``LONG_STEP_BUDGETS`` × ``budget``, it is the estimate (a step that long grows with its
+    images, as on a CPU).  Otherwise a run at the full batch pays that size's one-time costs
+    (kernel choices, memory); a step over ``budget`` is read from one more such run, and a
+    shorter one from one step subtracted from up to six, so that what every run pays once
     (building the model, fitting a data-dependent layer) is not counted per step.  A small
-    run scaled up counts those once-per-run costs per step, so it is only a test of length:
-    on a short step it reads many times the step.
+    batch's time scaled up would count those fixed costs once per step and read a short step
+    many times too long; the cost per added image cannot stand for a short step either, as a
+    GPU runs a small batch in about the time of a large one.
     """
     small = min(batch, PROBE_SMALL_BATCH)
+    larger = min(batch, 4 * small)
     timed(small, small)
-    one_small = timed(small, small)
-    if one_small * batch / small > LONG_STEP_BUDGETS * budget and batch > small:
-        larger = min(batch, 4 * small)
-        per_image = max(timed(larger, larger) - one_small, 0.0) / (larger - small)
-        return per_image * batch or one_small * batch / small
+    if larger > small:
+        one_small = timed(small, small)
+        first = timed(larger, larger)
+        one_larger = first if first > budget else timed(larger, larger)
+        guess = max(one_larger - one_small, 0.0) / (larger - small) * batch
+        if guess > LONG_STEP_BUDGETS * budget:
+            return guess
     timed(batch, batch)
-    # A busy machine only ever slows a run down: the faster of two is the truer.
-    once = min(timed(batch, batch), timed(batch, batch))
-    steps = max(1, min(5, int(budget / 2 / once) - 1)) if once > 0 else 5
-    many = min(timed((steps + 1) * batch, batch), timed((steps + 1) * batch, batch))
-    return max(many - once, 0.0) / steps or once
+    once = timed(batch, batch)
+    if once > budget:
+        return once
+    steps = max(1, min(5, int(budget / once) - 1)) if once > 0 else 5
+    return max(timed((steps + 1) * batch, batch) - once, 0.0) / steps or once
 
 
 def _synchronize(device: torch.device) -> None:
