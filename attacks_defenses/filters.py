@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from uebench.countermeasure import Countermeasure, TrainSet
+from uebench.data import ImageData
 from uebench.errors import UebenchError
 
 
@@ -48,6 +49,11 @@ class JPEGCompression(Countermeasure):
             raise UebenchError(f"jpeg quality must be in 1..100, got {quality}")
         self.quality = quality
 
+    def check_data(self, data: ImageData) -> None:
+        channels = data.image_shape[0]
+        if channels not in (1, 3):
+            raise UebenchError(f"jpeg needs 1- or 3-channel images, the data has {channels}")
+
     def prepare(self, train: TrainSet, generator: torch.Generator) -> TrainSet:
         x = jpeg_roundtrip(train.x, self.quality)
         return _replace_images(train, x, jpeg_quality=self.quality)
@@ -55,6 +61,12 @@ class JPEGCompression(Countermeasure):
 
 class Grayscale(Countermeasure):
     """Replace the training images by their luminance, repeated over the colour channels."""
+
+    def check_data(self, data: ImageData) -> None:
+        if data.image_shape[0] != 3:
+            raise UebenchError(
+                f"grayscale needs 3-channel (colour) images, the data has {data.image_shape[0]}"
+            )
 
     def prepare(self, train: TrainSet, generator: torch.Generator) -> TrainSet:
         if train.x.shape[1] != 3:

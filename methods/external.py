@@ -96,7 +96,16 @@ class ExternalPoison(Method):
     def options(self) -> dict[str, Any]:
         return {k: v for k, v in vars(self).items() if not k.startswith("_")}
 
+    def check_data(self, data: ImageData) -> None:
+        """Every check crafting makes (count, shape, labels, order, range, budget): reading
+        the file is all crafting does, so a grid runs it once before its first cell."""
+        self.published_poison(data)
+
     def craft(self, data: ImageData, ctx: CraftContext) -> Poison:
+        return self.published_poison(data)
+
+    def published_poison(self, data: ImageData) -> Poison:
+        """The file's poison on ``data``'s training images, checked; one line on any fault."""
         file = self._file()
         read = read_poison_file(file, self.key)
         where = f"poison file {file}"

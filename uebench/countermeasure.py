@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from uebench.data import ImageData
 from uebench.errors import UebenchError
 from uebench.plugin_flags import PluginFlags
 from uebench.registry import COUNTERMEASURES
@@ -78,6 +79,11 @@ class Countermeasure(PluginFlags):
     Its flag ``late_options`` (:class:`~uebench.plugin_flags.PluginFlags`) keeps options added
     after results were recorded out of its identity at their default.
     """
+
+    def check_data(self, data: ImageData) -> None:
+        """Refuse, with a :class:`~uebench.errors.UebenchError`, a dataset this countermeasure
+        cannot run on (a filter's channel count); a grid calls it for every countermeasure
+        before its first cell.  The default accepts any data."""
 
     def prepare(self, train: TrainSet, generator: torch.Generator) -> TrainSet:
         """Transform the training set once, before training."""
@@ -137,6 +143,10 @@ class Composed(Countermeasure):
             if len(owners) > 1:
                 names = ", ".join(type(p).__name__ for p in owners)
                 raise UebenchError(f"cannot compose {names}: each replaces the {hook} hook")
+
+    def check_data(self, data: ImageData) -> None:
+        for part in self.parts:
+            part.check_data(data)
 
     def prepare(self, train: TrainSet, generator: torch.Generator) -> TrainSet:
         for part in self.parts:

@@ -128,6 +128,11 @@ class Method(MethodFlags):
     def craft(self, data: ImageData, ctx: CraftContext) -> Poison:
         raise NotImplementedError
 
+    def check_data(self, data: ImageData) -> None:
+        """Refuse, with a :class:`~uebench.errors.UebenchError`, a dataset this method cannot
+        craft for; a grid calls it for every method before its first cell, so what only the
+        data can tell fails before any crafting or training.  The default accepts any data."""
+
     def crafting_passes(self, train_size: int, train: TrainConfig) -> tuple[float, float]:
         """About how many forward-and-backward passes over single images crafting takes on a
         training set of ``train_size`` images (a batch of B images counts B), as the fewest

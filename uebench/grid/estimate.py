@@ -31,6 +31,7 @@ from uebench.errors import plugin_errors
 from uebench.execution import execution_for
 from uebench.grid.cell import Cell, cell_poison_key, load_cell_data
 from uebench.grid.config import GridConfig
+from uebench.grid.data_checks import check_cells_against_data
 from uebench.grid.protocols import Protocol
 from uebench.identity import nested_method_specs, poison_key
 from uebench.registry import ARCHS, METHODS
@@ -283,10 +284,12 @@ def announce_grid(
     ``paper`` protocol is about to train on a CPU.  Returns the estimate (None without one).
 
     The data is loaded first (the cells' own loads then reuse it), so a dataset that is not
-    there is one line with nothing before it.
+    there is one line with nothing before it, and every method and countermeasure is checked
+    against it (:func:`~uebench.grid.data_checks.check_cells_against_data`).
     """
     sample = todo[0]
     data = load_cell_data(sample.dataset, sample.data_root, sample.train_size, sample.test_size)
+    check_cells_against_data(todo, data)
     protocol = config.resolved_protocol()
     device = resolve_device(config.device)
     warning = paper_on_cpu_warning(config, todo, device)
