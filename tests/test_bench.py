@@ -114,6 +114,9 @@ def test_without_field_rows_clean_runs_here_and_the_cells_are_a_runs(bench_field
     assert bench("cuda", bench_field, out, "--reference", "none") == 0
     printed = capsys.readouterr().out
     assert "note: no field rows (--reference none)" in printed
+    # The method's cells and the clean ones run as two grids, each saying which it is.
+    announced = [line.split(" under ")[0] for line in printed.splitlines() if "estimated" in line]
+    assert announced == ["uebench: 2 cells of cuda", "uebench: 2 cells of clean"]
     rows = table_rows(out)
     assert set(rows) == {("cuda", "this run"), ("clean", "this run")}
     check_scores(rows)

@@ -47,7 +47,9 @@ def test_the_estimate_comes_before_any_training_even_without_progress(tmp_path, 
         main([*argv, "--out", str(tmp_path / "o"), "--no-progress", "--protocol", "mini"])
     ((out, err),) = first_cell
     (line,) = [line for line in out.splitlines() if "estimated" in line]
-    assert line.startswith("uebench: 4 cells under protocol mini on digits (200 training images)")
+    assert line.startswith(
+        "uebench: 4 cells of clean, emin under protocol mini on digits (200 training images)"
+    )
     assert "on cpu with" in line and "a rough guide" in line
     assert "crafting" in line and "1 poison" in line  # emin's; clean costs nothing to craft
     assert "warning" not in err

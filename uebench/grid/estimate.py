@@ -44,6 +44,8 @@ PROBE_BUDGET_S = 1.0
 PROBE_SMALL_BATCH = 8
 #: A step this many probe budgets long (judged from two small batches) is not timed whole.
 LONG_STEP_BUDGETS = 5
+#: Up to this many methods, the line before a grid names them.
+NAMED_METHODS = 3
 #: A forward pass alone, as a share of a training step's forward and backward pass.
 FORWARD_SHARE = 1 / 3
 
@@ -296,6 +298,9 @@ def announce_grid(
     if warning is not None:
         warn(warning)
     cells = _plural(len(todo), "cell")
+    methods = list(dict.fromkeys(cell.method_label or cell.method for cell in todo))
+    if len(methods) <= NAMED_METHODS:  # a grid run in parts (bench) says which part this is
+        cells += f" of {', '.join(methods)}"
     where = (
         f"{cells} under {protocol_phrase(config, protocol)} on {protocol.dataset} "
         f"({len(data.y_train)} training images)"
