@@ -2,11 +2,13 @@
 
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
 import torch
 from scipy.stats import beta, norm
+from tiny_cli import one_line_error
 
 from uebench.analysis.certify import (
     Certificate,
@@ -224,3 +226,68 @@ def test_cli_refuses_a_saved_model_that_is_not_the_one_trained(grid, tmp_path, c
     assert main(["certify", str(forged), "-n", "5", "--no-progress", "--no-plot"]) == 2
     error = capsys.readouterr().err
     assert "is not the one cell" in error and error.count("\n") == 1
+
+
+def _no_draws(*args, **kwargs):
+    raise AssertionError("certify drew weights before refusing its output folder")
+
+
+def test_an_output_folder_blocked_by_a_file_fails_before_any_draw(
+    grid, tmp_path, capsys, monkeypatch
+):
+    _, record = grid
+    monkeypatch.setattr("uebench.cli.certify.certify_model", _no_draws)
+    blocker = tmp_path / "afile"
+    blocker.write_text("mine")
+    flags = ["-n", "5", "--no-progress"]
+    message = one_line_error(capsys, main(["certify", str(record), *flags, "--out", str(blocker)]))
+    assert message == f"uebench: error: certify --out: {blocker} is a file, not a folder"
+    below = blocker / "sub"
+    message = one_line_error(capsys, main(["certify", str(record), *flags, "--out", str(below)]))
+    assert message == f"uebench: error: certify --out: cannot create {below}: {blocker} is a file"
+    # The default folder, RUN_DIR/certify, is checked alike.
+    copy = tmp_path / "run" / "cells" / record.name
+    copy.parent.mkdir(parents=True)
+    shutil.copy(record, copy)
+    default = tmp_path / "run" / "certify"
+    default.write_text("mine")
+    message = one_line_error(capsys, main(["certify", str(copy), *flags]))
+    assert message == f"uebench: error: certify: {default} is a file, not a folder"
+    assert blocker.read_text() == "mine" and default.read_text() == "mine"
+
+
+def _no_dataset(*args, **kwargs):
+    raise AssertionError("certify loaded the dataset before refusing the file")
+
+
+def test_poisoned_images_are_refused_as_such_and_a_damaged_cache_file_as_corrupt(
+    grid, tmp_path, capsys, monkeypatch
+):
+    out, record = grid
+    monkeypatch.setattr("uebench.cli.certify.load_dataset", _no_dataset)
+    images = np.zeros((200, 8, 8, 3), np.uint8)
+    np.savez(tmp_path / "poisoned.npz", x_train=images)
+    np.save(tmp_path / "poisoned.npy", images)
+    torch.save(torch.zeros(200, 3, 8, 8), tmp_path / "tensor.pt")
+    torch.save({"delta": torch.zeros(200, 3, 8, 8)}, tmp_path / "delta.pt")
+    accepts = "certify reads a cell record (.json) or a poison-cache file (<cache>/<key>.pt)"
+    for name in ("poisoned.npz", "poisoned.npy", "tensor.pt", "delta.pt"):
+        path = tmp_path / name
+        message = one_line_error(capsys, main(["certify", str(path), "--no-progress"]))
+        assert message.startswith(f"uebench: error: {accepts}; {path} is a ."), message
+        assert "poisoned images" in message and f"file:path={path}" in message
+        assert "corrupt" not in message
+    saved = json.loads(record.read_text())
+    message = one_line_error(capsys, main(["certify", saved["model_path"], "--no-progress"]))
+    assert "holds a model's weights" in message and "cell record" in message
+    cache_file = out.parent / "cache" / f"{saved['poison']['cache_key']}.pt"
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(cache_file.read_bytes()[:-100])
+    message = one_line_error(capsys, main(["certify", str(truncated), "--no-progress"]))
+    assert f"poison file {truncated} is corrupt" in message
+    # A cache file whose numbers were altered still loads with torch, and is corrupt too.
+    payload = torch.load(cache_file, weights_only=True)
+    tampered = tmp_path / "tampered.pt"
+    torch.save({**payload, "delta": payload["delta"] + 1}, tampered)
+    message = one_line_error(capsys, main(["certify", str(tampered), "--no-progress"]))
+    assert f"poison file {tampered} is corrupt" in message

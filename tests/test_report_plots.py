@@ -7,6 +7,7 @@ import sys
 
 import pytest
 from test_leaderboard import write_cell
+from tiny_cli import one_line_error
 
 from uebench.cli import main
 from uebench.errors import UebenchError
@@ -150,3 +151,50 @@ def test_the_page_shows_no_raw_missing_values_or_markup(tmp_path, fmt):
         assert raw not in text, raw
     assert "mean ± std over 1 seed;" in text
     assert "never reached" in text and "no clean row" in text
+
+
+def _tree(root):
+    return sorted(str(path.relative_to(root)) for path in root.rglob("*"))
+
+
+@pytest.mark.parametrize(
+    "given, message",
+    [
+        ("missing", "results folder {} does not exist"),
+        ("afile", "{} is a file, not a uebench results folder"),
+        ("bare", "{} is not a uebench results folder (it has no cells/ folder)"),
+    ],
+)
+@pytest.mark.parametrize("out", [None, "new/page"])
+def test_a_bad_results_folder_is_one_line_and_creates_nothing(
+    tmp_path, capsys, given, message, out
+):
+    (tmp_path / "afile").write_text("mine")
+    (tmp_path / "bare").mkdir()
+    before = _tree(tmp_path)
+    folder = tmp_path / given
+    args = ["report", str(folder), *(["-o", str(tmp_path / out)] if out else [])]
+    assert one_line_error(capsys, main(args)) == "uebench: error: " + message.format(folder)
+    assert _tree(tmp_path) == before and (tmp_path / "afile").read_text() == "mine"
+
+
+def test_a_bad_second_results_folder_leaves_the_first_untouched(run, tmp_path, capsys):
+    before = _tree(tmp_path)
+    message = one_line_error(capsys, main(["report", str(run), str(tmp_path / "typo")]))
+    assert "typo does not exist" in message
+    assert _tree(tmp_path) == before  # no run/report/
+
+
+def test_an_error_found_while_reading_removes_the_output_folders_it_made(tmp_path, capsys):
+    (tmp_path / "run" / "cells").mkdir(parents=True)  # a results folder with no finished cell
+    before = _tree(tmp_path)
+    args = ["report", str(tmp_path / "run"), "-o", str(tmp_path / "a" / "b")]
+    assert "no finished cells" in one_line_error(capsys, main(args))
+    assert _tree(tmp_path) == before
+
+
+def test_write_report_refuses_a_file_for_a_results_folder(tmp_path):
+    (tmp_path / "afile").write_text("mine")
+    with pytest.raises(UebenchError, match="afile is a file, not a uebench results folder"):
+        write_report([tmp_path / "afile"], tmp_path / "report")
+    assert not (tmp_path / "report").exists()

@@ -20,7 +20,7 @@ from uebench.results.leaderboard import (
     write_board,
 )
 from uebench.results.references import compare, load_references
-from uebench.results.report import write_report
+from uebench.results.report import check_run_dirs, write_report
 from uebench.scoring.suites import load_suite
 
 
@@ -165,11 +165,25 @@ def _compare(args: argparse.Namespace) -> None:
 
 
 def _report(args: argparse.Namespace) -> None:
-    out = args.out or str(Path(args.run_dirs[0]) / "report")
-    # A file in the way (or a read-only place) is one line before any record is read.
-    check_writable("report -o", Path(out))
+    # Bad input fails before the output folder is created: by default it lies inside the first
+    # RUN_DIR, and a mistyped RUN_DIR must not come into being as a side effect.
+    check_run_dirs(args.run_dirs)
     suite = load_suite(args.suite) if args.suite else None  # a typo fails before any record
-    page = write_report(
-        args.run_dirs, out, args.format, args.metric, args.rank_by, args.reference, suite
-    )
+    out = Path(args.out or Path(args.run_dirs[0]) / "report")
+    created = [folder for folder in (out, *out.parents) if not folder.exists()]
+    # A file in the way (or a read-only place) is one line before any record is read.
+    check_writable("report -o", out)
+    try:
+        page = write_report(
+            args.run_dirs, out, args.format, args.metric, args.rank_by, args.reference, suite
+        )
+    except UebenchError:
+        # A malformed record or an unknown reference is found only now; the folders made
+        # above go again (rmdir leaves any that are no longer empty).
+        for folder in created:
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        raise
     print(f"wrote {page}")

@@ -20,16 +20,23 @@ from typing import Any
 import torch
 from torch import nn
 
-from uebench.analysis.certify import DEFAULT_ETAS, certify_model, save_certificate
+from uebench.analysis.certify import (
+    DEFAULT_ETAS,
+    certify_model,
+    check_settings,
+    save_certificate,
+)
 from uebench.cli.plugins import add_plugin_flag, require_record_plugins
 from uebench.data import ImageData
 from uebench.datasets import load_dataset
 from uebench.errors import UebenchError
+from uebench.files import check_writable
 from uebench.grid.cell import load_cell_data
 from uebench.identity import poison_key
 from uebench.poison import Poison
 from uebench.registry import ARCHS
 from uebench.spec import parse_float
+from uebench.storage.poison_files import DELTA_KEYS, IMAGE_KEYS, IMAGE_SUFFIXES
 from uebench.storage.records import read_record
 from uebench.training import resolve_device
 
@@ -53,7 +60,10 @@ def register(commands: Any) -> None:
         description="Parametric smoothing: N Gaussian weight draws, clean test accuracy of each, "
         "and the certified upper bound on the q-quantile of accuracy within l2 radius eta.",
     )
-    parser.add_argument("target", help="a cell record (RUN_DIR/cells/ID.json) or a poison file")
+    parser.add_argument(
+        "target",
+        help="a cell record (RUN_DIR/cells/ID.json) or a poison-cache file (<cache>/<key>.pt)",
+    )
     parser.add_argument(
         "--model",
         choices=["victim", "surrogate"],
@@ -97,8 +107,12 @@ def _float_list(text: str) -> list[float]:
 
 
 def _certify(args: argparse.Namespace) -> None:
+    check_settings(args.n, args.sigma, args.q, args.alpha, args.etas)
     device = resolve_device(args.device)
     target = resolve_target(args)
+    out = Path(args.out) if args.out else target.out
+    # The draws take minutes; a file in the way of the output must fail before them, not after.
+    check_writable("certify --out" if args.out else "certify", out)
     certificate = certify_model(
         target.model,
         target.data.x_test,
@@ -114,7 +128,6 @@ def _certify(args: argparse.Namespace) -> None:
         progress=not args.no_progress,
         meta={**target.meta, "device": str(device), "test_size": len(target.data.y_test)},
     )
-    out = Path(args.out) if args.out else target.out
     written = save_certificate(certificate, out, target.name, plot=not args.no_plot)
     print(certificate.summary())
     print(f"saved {', '.join(str(path) for path in written)}")
@@ -178,26 +191,81 @@ def cell_target(path: Path, which: str = "victim", test_size: int | None = None)
         raise UebenchError(
             f"poison {poison_path} of cell {cell_id} is not in the cache; give the poison file"
         )
-    model, surrogate_meta = _surrogate(poison_path, data, cache_entry=True)
+    poison = Poison.load(poison_path, cache_entry=True)
+    model, surrogate_meta = _surrogate(poison, poison_path, data, cache_entry=True)
     meta.update(surrogate_meta)
     return Target(model, data, out, f"{cell_id}-surrogate", meta)
 
 
 def poison_target(path: Path, args: argparse.Namespace) -> Target:
     """A poison file's surrogate, on the dataset ``args`` name (as ``uebench run`` loads it)."""
+    poison = _load_poison_file(path)  # before the dataset: a wrong file fails at once
     data = load_dataset(
         args.dataset or "cluttered-digits", args.data_root, args.train_size, args.test_size, seed=0
     )
-    model, meta = _surrogate(path, data)
+    model, meta = _surrogate(poison, path, data)
     return Target(model, data, path.parent / "certify", path.stem, {"target": str(path), **meta})
 
 
+#: What certify reads, for the errors that refuse something else.
+ACCEPTS = "certify reads a cell record (.json) or a poison-cache file (<cache>/<key>.pt)"
+#: Fields every poison-cache file has (:meth:`Poison.save`) and no file of images does.
+_CACHE_FIELDS = {"rows", "meta_json", "sha256"}
+
+
+def _load_poison_file(path: Path) -> Poison:
+    """The poison-cache file ``path``; poisoned images (what ``file:path=`` reads) are refused
+    as such, not called corrupt: they hold no surrogate to certify."""
+    suffix = path.suffix.lower()
+    if suffix in (".npz", ".npy", *IMAGE_SUFFIXES):
+        raise UebenchError(_images_error(path, suffix))
+    try:
+        return Poison.load(path)
+    except UebenchError:
+        # Only a failed load is looked into (a second read): a poisoned-images .pt loads with
+        # torch.load but lacks the cache's fields; a damaged cache file is corrupt, as it says.
+        kind = _payload_kind(path)
+        if kind == "images":
+            raise UebenchError(_images_error(path, suffix or "(no suffix)")) from None
+        if kind == "weights":
+            raise UebenchError(
+                f"{ACCEPTS}; {path} holds a model's weights: certify a saved victim through its "
+                "cell record (RUN_DIR/cells/<id>.json)"
+            ) from None
+        raise
+
+
+def _payload_kind(path: Path) -> str | None:
+    """``images`` or ``weights`` for a torch file that is not a poison-cache entry; None for
+    one that is (or may be: it has a cache field) and for one torch cannot read."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        return None
+    if isinstance(payload, torch.Tensor):
+        return "images"
+    if not isinstance(payload, dict) or _CACHE_FIELDS & set(payload):
+        return None
+    if set(payload) & set(IMAGE_KEYS + DELTA_KEYS):
+        return "images"
+    if payload and all(isinstance(value, torch.Tensor) for value in payload.values()):
+        return "weights"
+    return None
+
+
+def _images_error(path: Path, suffix: str) -> str:
+    return (
+        f"{ACCEPTS}; {path} is a {suffix} file of poisoned images (or perturbations), which "
+        f"holds no model: bench or run it with file:path={path}"
+    )
+
+
 def _surrogate(
-    path: Path, data: ImageData, cache_entry: bool = False
+    poison: Poison, path: Path, data: ImageData, cache_entry: bool = False
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """The surrogate saved in poison ``path``; ``cache_entry``: ``path`` is the poison cache's
-    own file (found through a cell record), which the cache recrafts when deleted."""
-    poison = Poison.load(path, cache_entry=cache_entry)
+    """The surrogate saved in ``poison`` (read from ``path``); ``cache_entry``: ``path`` is the
+    poison cache's own file (found through a cell record), which the cache recrafts when
+    deleted."""
     surrogate = poison.surrogate
     if surrogate is None:
         recraft = ": delete it to recraft" if cache_entry else ""

@@ -59,6 +59,7 @@ def write_report(
     carries each method's worst case over it and its ranks, and names the suite's version."""
     if fmt not in FORMATS:
         raise UebenchError(f"report format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    check_run_dirs(run_dirs)
     out_dir = Path(out_dir)
     scored = load_suite(suite) if suite is not None else None
     records = read_records(run_dirs)
@@ -78,6 +79,23 @@ def write_report(
     text = _html(sections, figures) if fmt == "html" else _markdown(sections, figures, out_dir)
     atomic_write(page, lambda stream: stream.write(text), mode="w")
     return page
+
+
+def check_run_dirs(run_dirs: Iterable[str | Path]) -> None:
+    """Refuse, in one line, a results folder that does not exist, is a file or has no
+    ``cells/`` folder: checked before the report's folder (by default inside the first
+    results folder) is created, so a mistyped name leaves nothing behind."""
+    for run_dir in run_dirs:
+        root = Path(run_dir)
+        if (root / "cells").is_dir():
+            continue
+        # The first and last wordings are those of read_records, which leaderboard and
+        # compare report through.
+        if not root.exists():
+            raise UebenchError(f"results folder {root} does not exist")
+        if not root.is_dir():
+            raise UebenchError(f"{root} is a file, not a uebench results folder")
+        raise UebenchError(f"{root} is not a uebench results folder (it has no cells/ folder)")
 
 
 #: One section of the report: title, paragraph and table (or None).
