@@ -49,20 +49,27 @@ _CHUNK = 4096
 _PREFIX_SHARE = 4
 
 
+def _check_path(path: str) -> str:
+    """``path``, refused when empty (``file:`` or ``file:path=``): the file's identity is read
+    before the method is built, and an empty path would read the current folder as a poison."""
+    if not path.strip():
+        raise UebenchError("method 'file' needs option 'path': write file:PATH (e.g. file:x.npz)")
+    return path
+
+
 class ExternalPoison(Method):
     """A poison made elsewhere: poisoned images or noise from .npz/.npy/.pt or a PNG folder."""
 
     def __init__(
         self,
         *,
-        path: str = "",
+        path: str,
         eps: float | None = None,
         threat: str | None = None,
         content: Literal["auto", "images", "delta"] = "auto",
         key: str | None = None,
     ) -> None:
-        if not path:
-            raise UebenchError("file needs a poison file: write file:PATH (e.g. file:poisoned.npz)")
+        _check_path(path)
         if eps is not None and threat is not None:
             raise UebenchError("file: give the budget as eps= or threat=, not both")
         self.path = path
@@ -86,7 +93,7 @@ class ExternalPoison(Method):
         """The method's options for cell ids and poison keys: the file's sha256 in place of its
         path (content, not location, decides the result)."""
         identity = {k: v for k, v in options.items() if k != "path"}
-        identity["sha256"] = file_sha256(options["path"])
+        identity["sha256"] = file_sha256(_check_path(options["path"]))
         return identity
 
     def threat_model(self) -> ThreatModel | None:

@@ -147,6 +147,47 @@ def test_an_empty_grid_is_an_error_naming_what_is_empty(
     assert all(word in message for word in words)
 
 
+@pytest.mark.parametrize(
+    ("flags", "words"),
+    [
+        (["--methods", "clean,"], ("'clean,'", "empty item after the last comma")),
+        (["--methods", ",clean"], ("',clean'", "empty item before the first comma")),
+        (["--defenses", "none,"], ("'none,'", "empty item after the last comma")),
+        (["--seeds", "0,"], ("'0,'", "empty item after the last comma")),
+        (["--seeds", ",0"], ("',0'", "empty item before the first comma")),
+    ],
+)
+def test_a_comma_at_either_end_of_a_list_is_an_error(
+    tmp_path: Path, capsys, no_work, flags: list[str], words: tuple[str, ...]
+) -> None:
+    message = one_line_error(capsys, main(["run", *TINY, "--out", str(tmp_path / "o"), *flags]))
+    assert all(word in message for word in words), message
+
+
+def test_ranges_and_bracketed_specs_still_parse_as_lists() -> None:
+    config = GridConfig.from_dict(
+        {"methods": "rem:source=[airbench:width=16],clean", "seeds": "0-2,5"}
+    )
+    assert config.methods == ["rem:source=[airbench:width=16]", "clean"]
+    assert config.seeds == [0, 1, 2, 5]
+
+
+@pytest.mark.parametrize(
+    ("flag", "words"),
+    [
+        ("--train-size", ("--train-size 99999", "more than the 1438 training images")),
+        ("--test-size", ("--test-size 99999", "more than the 359 test images")),
+    ],
+)
+def test_a_subset_larger_than_the_dataset_names_its_flag_before_any_work(
+    tmp_path: Path, capsys, no_work, flag: str, words: tuple[str, ...]
+) -> None:
+    argv = ["run", *TINY, "--methods", "clean", "--out", str(tmp_path / "o"), flag, "99999"]
+    message = one_line_error(capsys, main(argv))
+    assert all(word in message for word in words) and "dataset 'digits'" in message, message
+    assert not list((tmp_path / "o" / "cells").glob("*.json"))
+
+
 # --------------------------------------------------------------------------- output folders
 
 

@@ -208,8 +208,15 @@ def test_pickles_are_never_opened(tmp_path, capsys):
     assert not sentinel.exists()
 
 
+@pytest.mark.parametrize("spec", ["file", "file:", "file:path="])
+def test_a_file_without_a_path_needs_the_path_option(tmp_path, monkeypatch, capsys, spec):
+    monkeypatch.chdir(tmp_path)  # an empty path once read the current folder as the poison
+    err = _run_bad(tmp_path, spec, capsys)
+    assert err.startswith("uebench: error: method 'file' needs option 'path'"), err
+
+
 def test_options_are_checked(tmp_path):
-    with pytest.raises(UebenchError, match="needs a poison file"):
+    with pytest.raises(UebenchError, match="method 'file' needs option 'path'"):
         METHODS.build("file")
     path = tmp_path / "p.npz"
     np.savez(path, x_train=np.zeros((1, 8, 8, 1), np.uint8))

@@ -49,6 +49,7 @@ from uebench.results.leaderboard import (
 )
 from uebench.results.references import Reference, compare
 from uebench.scenarios import spec_poison
+from uebench.scoring.suites import Suite
 from uebench.storage.cache import PoisonCache
 from uebench.training import TrainConfig
 
@@ -120,6 +121,23 @@ def test_leaderboard_does_not_rank_a_setting_whose_clean_row_is_near_chance(blur
     markdown = board_markdown(board)
     assert "10.00 ± 0.00 †" in markdown
     assert "† clean training reached only 11.0% under blur on cluttered-digits" in markdown
+
+
+def test_a_suite_gives_no_worst_case_nor_rank_from_near_chance_cells(blurred):
+    board, _ = leaderboard([blurred])
+    suite = Suite("blur-v1", 1, "for tests", ("none", "blur"))
+    wide = pivot(board, suite=suite).set_index("method")
+    for method in ("emin", "random"):  # each has a † number under blur
+        row = wide.loc[method]
+        assert pd.isna(row["worst_case"]) and pd.isna(row["reached_by"]), row
+        assert pd.isna(row["rank_in_budget"]) and pd.isna(row["rank_overall"]), row
+        assert row["missing"] == "blur"
+    only_none = pivot(board, suite=Suite("none-v1", 1, "x", ("none",))).set_index("method")
+    assert only_none.loc["emin", "worst_case"] == pytest.approx(20.0)
+    assert only_none.loc["emin", "rank_overall"] == 1  # unflagged cells still rank
+    markdown = board_markdown(board, suite=suite)
+    assert markdown.count("Sorted by") == 1 and "Most effective method first" not in markdown
+    assert "Sorted by worst case" in markdown and "Sorted by score" in board_markdown(board)
 
 
 def test_records_without_a_class_count_are_ranked_as_before(tmp_path):

@@ -29,6 +29,30 @@ def test_split_list_keeps_numeric_lists_together():
     assert split_list(["a,b", "c"]) == ["a", "b", "c"]
 
 
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        ("clean,", "after the last comma"),
+        (",clean", "before the first comma"),
+        ("clean, ,random", "between two commas"),
+        ("rem:source=[airbench:width=16],", "after the last comma"),
+        (["clean", ""], "an empty item"),
+    ],
+)
+def test_split_list_refuses_an_empty_item_anywhere(text, where):
+    with pytest.raises(UebenchError, match=where):
+        split_list(text)
+
+
+def test_split_list_still_reads_nested_brackets_and_blank_lists():
+    assert split_list("rem:source=[airbench:width=16],clean") == [
+        "rem:source=[airbench:width=16]",
+        "clean",
+    ]
+    assert split_list("emin:classes=[bird,ship], random") == ["emin:classes=[bird,ship]", "random"]
+    assert split_list("") == [] and split_list(" ") == []  # the caller names the empty list
+
+
 def test_fractions_parse():
     assert parse_float("8/255") == pytest.approx(8 / 255)
     with pytest.raises(UebenchError):

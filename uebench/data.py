@@ -103,6 +103,17 @@ class ImageData:
     def subset(self, train_size: int | None, test_size: int | None, seed: int = 0) -> ImageData:
         """Stratified, seeded subsets of the train and test splits (None keeps a split whole)."""
         x_train, y_train, x_test, y_test = self.x_train, self.y_train, self.x_test, self.y_test
+        # Named by its flag: the sizes come from --train-size/--test-size (or the same keys of
+        # a config file or protocol), and "subset size N" did not say which of the two was off.
+        for flag, size, split, labels in (
+            ("--train-size", train_size, "training", y_train),
+            ("--test-size", test_size, "test", y_test),
+        ):
+            if size is not None and size > len(labels):
+                raise UebenchError(
+                    f"{flag} {size} is more than the {len(labels)} {split} images dataset "
+                    f"{self.name!r} has; use at most {len(labels)}"
+                )
         if train_size is not None:
             keep = stratified_indices(y_train, train_size, seed)
             x_train, y_train = x_train[keep], y_train[keep]

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from uebench.errors import UebenchError
-from uebench.spec import parse_float, split_list
+from uebench.spec import parse_float, split_list, where_empty
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -210,8 +210,8 @@ _SEED = re.compile(r"-?\d+")
 
 
 def parse_seeds(value: Any) -> list[int]:
-    """``0,1,2``, ``0-4`` or a list of ints; a reversed range, an empty item between two
-    commas, a number written with ``_`` and no seed at all are errors."""
+    """``0,1,2``, ``0-4`` or a list of ints; a reversed range, an empty item (``0,,1``,
+    ``0,``), a number written with ``_`` and no seed at all are errors."""
     if _is_int(value):
         return [int(value)]
     if isinstance(value, (list, tuple)):
@@ -223,12 +223,9 @@ def parse_seeds(value: Any) -> list[int]:
         raise UebenchError(f"seeds: expected e.g. 0,1,2, 0-4 or a list of integers, got {value!r}")
     seeds: list[int] = []
     parts = [part.strip() for part in value.split(",")]
-    while parts and not parts[-1]:  # a comma at either end is harmless, as in a spec list
-        parts.pop()
-    while parts and not parts[0]:
-        parts.pop(0)
-    if "" in parts:
-        raise UebenchError(f"bad seeds {value!r}: an empty item between two commas")
+    if any(parts) and "" in parts:  # all blank: "names no seed" below
+        # "0," may be a seed left out, not a stray comma: refused as in a spec list.
+        raise UebenchError(f"bad seeds {value!r}: {where_empty(parts)}")
     for part in parts:
         ends = part.split("-", 1) if "-" in part[1:] else [part]
         if part and not all(_SEED.fullmatch(end.strip()) for end in ends):

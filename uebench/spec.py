@@ -95,6 +95,8 @@ def split_list(text: str | list[str] | tuple[str, ...]) -> list[str]:
     belong to the bracketed value (``emin:classes=[bird,ship]``).
     """
     if isinstance(text, (list, tuple)):
+        if any(not chunk.strip() for chunk in text):  # a config file's ["clean", ""]
+            raise UebenchError(f"bad list {list(text)!r}: an empty item")
         return [item for chunk in text for item in split_list(chunk)]
     items, depth, start = [], 0, 0
     for position, char in enumerate(text):
@@ -103,16 +105,23 @@ def split_list(text: str | list[str] | tuple[str, ...]) -> list[str]:
             items.append(text[start:position])
             start = position + 1
     items.append(text[start:])
-    # An empty item between two commas is a typo (``clean,,emin``); said as such rather than
-    # as "'clean,' is not a name".  Blanks at either end (``clean,``) are harmless.
     inner = [item.strip() for item in items]
-    while inner and not inner[-1]:
-        inner.pop()
-    while inner and not inner[0]:
-        inner.pop(0)
+    if not any(inner):  # "" or blanks: the caller says which list is empty
+        return []
+    # An empty item is a typo (``clean,,emin``, ``clean,``: a name left out or a stray comma),
+    # said as such rather than as "'clean,' is not a name" or a run of one method too few.
     if any(not item for item in inner):
-        raise UebenchError(f"bad list {_short(text)}: an empty item between two commas")
+        raise UebenchError(f"bad list {_short(text)}: {where_empty(inner)}")
     return inner
+
+
+def where_empty(items: list[str]) -> str:
+    """Where a list split into ``items`` has an empty one, in words."""
+    if not items[0]:
+        return "an empty item before the first comma"
+    if not items[-1]:
+        return "an empty item after the last comma"
+    return "an empty item between two commas"
 
 
 def parse_float(value: str, *, finite: bool = True) -> float:

@@ -25,7 +25,7 @@ from uebench.grid.config import GridConfig
 from uebench.grid.estimate import announce_grid
 from uebench.grid.outcome import grid_table, lost_records, vanished
 from uebench.grid.store import ResultStore
-from uebench.grid.threads import choose_threads, torch_threads
+from uebench.grid.threads import choose_threads, threads_warning, torch_threads
 from uebench.wording import counted
 
 #: Seconds between checks on cells another process is running.
@@ -45,6 +45,9 @@ def run_local(config: GridConfig) -> pd.DataFrame:
             f"{store.root}; running {len(todo)}"
         )
     threads, why = choose_threads(config.threads)
+    warning = threads_warning(config.threads)
+    if todo and warning:
+        _warn(warning)
     if todo:  # the protocol and the estimate, also under --no-progress
         with torch_threads(threads):
             announce_grid(config, todo, threads, tqdm.write, _warn)

@@ -61,6 +61,22 @@ def choose_threads(requested: int | None) -> tuple[int, str]:
     return threads, f"{threads} (one per core)"
 
 
+def threads_warning(requested: int | None) -> str | None:
+    """A warning when ``--threads`` asks for more threads than this process has cores, else None.
+
+    Not an error: the count may be meant for another machine (a config file shared with a
+    cluster node), and the run still finishes, only slower.
+    """
+    cores = usable_cores()
+    if requested is None or requested <= cores:
+        return None
+    return (
+        f"uebench: warning: --threads {requested} is more than the {cores} cores this process "
+        "may use; the extra threads wait on each other and training runs slower "
+        f"(--threads {cores} or fewer, or leave it out to choose)"
+    )
+
+
 @contextmanager
 def torch_threads(count: int) -> Iterator[None]:
     """Run the block with ``count`` intra-op threads, then restore the caller's setting."""

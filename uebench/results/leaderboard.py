@@ -377,7 +377,8 @@ def pivot(
 
     With a ``suite`` the worst case over the suite's countermeasures joins as
     :data:`uebench.scoring.score.SCORE_COLUMNS` (``worst_case``, ``reached_by``,
-    ``rank_in_budget``, ``rank_overall``, ``missing``), and methods are sorted by it instead."""
+    ``rank_in_budget``, ``rank_overall``, ``missing``), and methods are sorted by it instead;
+    a ``†`` cell counts as missing there, as it is left out of ``score``."""
     if rank_by not in RANK_BY:
         raise UebenchError(f"rank_by must be one of {', '.join(RANK_BY)}, got {rank_by!r}")
     index = [*_setting_columns(board), "method"]
@@ -409,7 +410,9 @@ def pivot(
         wide.insert(at, "separability", found.reindex(keys).to_numpy())
     order = "score"
     if suite is not None:
-        worst = board_worst_case(board, suite, index)
+        # † numbers measure a setting where clean training failed too: taking the worst case
+        # over the rest would be a partial score, so a method with one has none.
+        worst = board_worst_case(scored, suite, index)
         wide = wide.merge(worst[[*index, *SCORE_COLUMNS]], on=index, how="left")
         if not wide["missing"].fillna("").astype(bool).any():
             wide = wide.drop(columns=["missing"])  # every method has a score
@@ -508,8 +511,9 @@ def suite_note(suite: Suite) -> str:
         f"worst_case = the highest accuracy any countermeasure of {suite.describe()} reaches "
         f"({', '.join(suite.countermeasures)}; the strongest thief), reached_by = that "
         "countermeasure; lower is more unlearnable; ranked within each threat budget "
-        "(rank_in_budget) and over all budgets (rank_overall); a method missing a countermeasure "
-        "of the suite has no score"
+        "(rank_in_budget) and over all budgets (rank_overall); a method without a number under "
+        f"some countermeasure of the suite, or with a {NEAR_CHANCE_MARK} one, has no worst case "
+        "and no rank (missing names those countermeasures)"
     )
 
 
@@ -523,12 +527,19 @@ def board_markdown(board: pd.DataFrame, rank_by: str = "mean", suite: Suite | No
     score = "mean over countermeasures" if rank_by == "mean" else "worst case (highest accuracy)"
     long = public_columns(board).drop(columns=["metric"])
     notes = near_chance_notes(board)
+    scored = f"score = {score}" + (f" ({NEAR_CHANCE_MARK} cells left out)" if notes else "")
+    # One sentence says how rows are sorted: by score, or with a suite by the worst case only.
+    if suite is None:
+        legend = f"Sorted by score, most effective method first; {seeds}; {scored}."
+    else:
+        legend = (
+            f"Sorted by worst case, most effective method first: {suite_note(suite)}; {seeds}; "
+            f"{scored}."
+        )
     return "\n\n".join(
         [
             f"## Clean test accuracy (%), `{metric}`: mean ± std over seeds",
-            f"Most effective method first; {seeds}; score = {score}"
-            + (f" ({NEAR_CHANCE_MARK} cells left out)." if notes else "."),
-            *([f"Sorted by worst case: {suite_note(suite)}."] if suite is not None else []),
+            legend,
             markdown_table(wide),
             *(["\n".join(f"- {note}" for note in notes)] if notes else []),
             "## All cells",
