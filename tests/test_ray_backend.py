@@ -25,6 +25,7 @@ import ray_plugins  # noqa: E402 - after the skip: only these tests need it
 
 import uebench  # noqa: E402
 from uebench.cli import main  # noqa: E402
+from uebench.errors import UebenchError  # noqa: E402
 from uebench.files import this_host  # noqa: E402
 from uebench.grid import GridConfig, ResultStore  # noqa: E402
 from uebench.grid.outcome import CellsFailed  # noqa: E402
@@ -232,3 +233,12 @@ def test_dead_drivers_claims_on_finished_cells_are_swept(tiny_grid, tmp_path):
     claim.write_text(json.dumps({"pid": dead.pid, "host": this_host(), "started": time.time()}))
     uebench.run(**grid, backend="ray")  # nothing to run: Ray is not even started
     assert not claim.exists()
+
+
+def test_a_grid_the_data_refuses_leaves_no_claim_behind(tiny_grid, tmp_path):
+    """The data's checks run after the Ray driver claimed its cells: the claims go with it."""
+    out = tmp_path / "out"
+    grid = {**tiny_grid, "methods": ["clean"], "defenses": ["grayscale"], "out": str(out)}
+    with pytest.raises(UebenchError, match="grayscale needs 3-channel"):
+        uebench.run(**grid, backend="ray")  # digits has one channel; Ray is not started
+    assert not list((out / "cells").glob("*.claim"))

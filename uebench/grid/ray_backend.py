@@ -431,7 +431,13 @@ def run_grid_ray(config: GridConfig) -> pd.DataFrame:
     store.write_csv()  # the table so far, to which each finished cell appends its row
     if not todo:
         return grid_table(store, cells)
-    announce_grid(config, todo, None, tqdm.write, lambda line: tqdm.write(line, file=sys.stderr))
+    try:  # the data's checks come here: a refused grid leaves no claim behind
+        announce_grid(
+            config, todo, None, tqdm.write, lambda line: tqdm.write(line, file=sys.stderr)
+        )
+    except BaseException:
+        store.release_all()
+        raise
     pending: dict[Any, Any] = {}
     started_here = False
     guard = None
