@@ -117,8 +117,9 @@ def probe_step(
     ``LONG_STEP_BUDGETS`` × ``budget``, it is the estimate (a step that long grows with its
     images, as on a CPU).  Otherwise a run at the full batch pays that size's one-time costs
     (kernel choices, memory); a step over ``budget`` is read from one more such run, and a
-    shorter one from one step subtracted from up to six, so that what every run pays once
-    (building the model, fitting a data-dependent layer) is not counted per step.  A small
+    shorter one from one step subtracted from up to six (each the faster of two runs), so that
+    what every run pays once (building the model, fitting a data-dependent layer) is not
+    counted per step.  A small
     batch's time scaled up would count those fixed costs once per step and read a short step
     many times too long; the cost per added image cannot stand for a short step either, as a
     GPU runs a small batch in about the time of a large one.
@@ -137,8 +138,12 @@ def probe_step(
     once = timed(batch, batch)
     if once > budget:
         return once
-    steps = max(1, min(5, int(budget / once) - 1)) if once > 0 else 5
-    return max(timed((steps + 1) * batch, batch) - once, 0.0) / steps or once
+    # A busy machine only ever slows a run down, by a second now and then: the faster of two
+    # runs is the truer (each run half the budget).
+    once = min(once, timed(batch, batch))
+    steps = max(1, min(5, int(budget / 2 / once) - 1)) if once > 0 else 5
+    many = min(timed((steps + 1) * batch, batch) for _ in range(2))
+    return max(many - once, 0.0) / steps or once
 
 
 def _synchronize(device: torch.device) -> None:
