@@ -21,7 +21,7 @@ def test_more_threads_than_cores_warns_once_and_still_runs(
     assert main([*argv, "--threads", "2"]) == 0
     warnings = [line for line in capsys.readouterr().err.splitlines() if "--threads" in line]
     assert warnings == [
-        "uebench: warning: --threads 2 is more than the 1 cores this process may use; the extra "
+        "uebench: warning: --threads 2 is more than the 1 core this process may use; the extra "
         "threads wait on each other and training runs slower (--threads 1 or fewer, or leave it "
         "out to choose)"
     ]

@@ -71,8 +71,8 @@ def threads_warning(requested: int | None) -> str | None:
     if requested is None or requested <= cores:
         return None
     return (
-        f"uebench: warning: --threads {requested} is more than the {cores} cores this process "
-        "may use; the extra threads wait on each other and training runs slower "
+        f"uebench: warning: --threads {requested} is more than the {counted(cores, 'core')} "
+        "this process may use; the extra threads wait on each other and training runs slower "
         f"(--threads {cores} or fewer, or leave it out to choose)"
     )
 
