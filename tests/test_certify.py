@@ -228,15 +228,20 @@ def test_cli_refuses_a_saved_model_that_is_not_the_one_trained(grid, tmp_path, c
     assert "is not the one cell" in error and error.count("\n") == 1
 
 
-def _no_draws(*args, **kwargs):
-    raise AssertionError("certify drew weights before refusing its output folder")
+def _refusing(work: str):
+    """A stand-in for ``work`` that fails the test: the refusal must come before it."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"certify {work} before refusing its input")
+
+    return refuse
 
 
 def test_an_output_folder_blocked_by_a_file_fails_before_any_draw(
     grid, tmp_path, capsys, monkeypatch
 ):
     _, record = grid
-    monkeypatch.setattr("uebench.cli.certify.certify_model", _no_draws)
+    monkeypatch.setattr("uebench.cli.certify.certify_model", _refusing("drew weights"))
     blocker = tmp_path / "afile"
     blocker.write_text("mine")
     flags = ["-n", "5", "--no-progress"]
@@ -256,15 +261,11 @@ def test_an_output_folder_blocked_by_a_file_fails_before_any_draw(
     assert blocker.read_text() == "mine" and default.read_text() == "mine"
 
 
-def _no_dataset(*args, **kwargs):
-    raise AssertionError("certify loaded the dataset before refusing the file")
-
-
 def test_poisoned_images_are_refused_as_such_and_a_damaged_cache_file_as_corrupt(
     grid, tmp_path, capsys, monkeypatch
 ):
     out, record = grid
-    monkeypatch.setattr("uebench.cli.certify.load_dataset", _no_dataset)
+    monkeypatch.setattr("uebench.cli.certify.load_dataset", _refusing("loaded the dataset"))
     images = np.zeros((200, 8, 8, 3), np.uint8)
     np.savez(tmp_path / "poisoned.npz", x_train=images)
     np.save(tmp_path / "poisoned.npy", images)
