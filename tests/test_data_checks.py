@@ -15,6 +15,7 @@ from uebench.errors import UebenchError
 from uebench.grid import GridConfig, data_checks
 from uebench.grid.cell import load_cell_data
 from uebench.grid.data_checks import check_cells_against_data
+from uebench.registry import METHODS
 
 
 def test_grayscale_on_one_channel_images_fails_before_any_cell(tmp_path: Path, capsys, no_work):
@@ -67,3 +68,24 @@ def test_each_spec_is_checked_once_and_a_plugin_error_names_it(monkeypatch):
     )
     with pytest.raises(UebenchError, match=r"countermeasure 'jpeg' failed while checking it "):
         check_cells_against_data(cells, data)
+
+
+def test_a_poison_already_in_the_cache_is_not_checked_again(tmp_path: Path, monkeypatch):
+    external = METHODS.get("file")  # the class the registry builds
+    data = load_cell_data("digits:size=8", None, 200, 100)
+    path = tmp_path / "same.npz"
+    np.savez(path, x_train=data.x_train.permute(0, 2, 3, 1).numpy(), y_train=data.y_train.numpy())
+    checked: list[str] = []
+    original = external.check_data
+
+    def counting(self, data) -> None:
+        checked.append(self.path)
+        original(self, data)
+
+    monkeypatch.setattr(external, "check_data", counting)
+    argv = ["run", *TINY_CLI, "--methods", f"file:{path}", "--no-progress"]
+    assert main([*argv, "--out", str(tmp_path / "o")]) == 0
+    assert checked == [str(path)]
+    # A new cell of the same poison: crafted already, so read from the cache unchecked.
+    assert main([*argv, "--out", str(tmp_path / "o"), "--defenses", "jpeg"]) == 0
+    assert checked == [str(path)]

@@ -37,6 +37,7 @@ from uebench.identity import (
     cache_key,
     countermeasure_identity,
     method_identity,
+    nested_method_specs,
     plugin_identity,
     poison_key,
     spec_plugins,
@@ -187,6 +188,18 @@ def cell_poison_key(cell: Cell, data: ImageData) -> str:
     ``classes=`` variants of a method share the key (the harness masks the crafted noise).
     """
     return poison_key(cell.method, data.fingerprint(), cell.train.as_dict())
+
+
+def uncached_poisons(cell: Cell, data: ImageData) -> list[tuple[str, str]]:
+    """``(method spec, poison key)`` of each poison ``cell`` needs (its method's and any nested
+    method's) that its poison cache does not hold yet."""
+    cache = PoisonCache(cell.cache_dir)
+    needed = [(cell.method, cell_poison_key(cell, data))]
+    needed += [
+        (spec, poison_key(spec, data.fingerprint(), cell.train.as_dict()))
+        for spec in nested_method_specs(cell.method)
+    ]
+    return [(spec, key) for spec, key in needed if not cache.path(key).exists()]
 
 
 def craft_poison(cell: Cell, data: ImageData, progress: bool = True) -> Poison:

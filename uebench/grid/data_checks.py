@@ -11,17 +11,16 @@ from __future__ import annotations
 from uebench.countermeasure import build_countermeasure
 from uebench.data import ImageData
 from uebench.errors import plugin_errors
-from uebench.grid.cell import Cell
-from uebench.identity import nested_method_specs
+from uebench.grid.cell import Cell, uncached_poisons
 from uebench.registry import METHODS
 
 
 def check_cells_against_data(cells: list[Cell], data: ImageData) -> None:
-    """Call ``check_data(data)`` of every method (nested ones included) and countermeasure of
-    ``cells``, each once; a plugin's own exception becomes one line naming it."""
-    methods = dict.fromkeys(
-        spec for cell in cells for spec in (cell.method, *nested_method_specs(cell.method))
-    )
+    """Call ``check_data(data)`` of every method (nested ones included) whose poison the cache
+    does not hold yet (a cached one passed when it was crafted: its key covers the method and
+    the data) and of every countermeasure of ``cells``, each once; a plugin's own exception
+    becomes one line naming it."""
+    methods = dict.fromkeys(spec for cell in cells for spec, _ in uncached_poisons(cell, data))
     for spec in methods:
         with plugin_errors(f"method {spec!r}", "checking it against the data"):
             method = METHODS.resolve(spec).without_common().build()

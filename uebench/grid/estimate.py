@@ -29,18 +29,16 @@ from uebench.countermeasure import build_countermeasure
 from uebench.data import ImageData
 from uebench.errors import plugin_errors
 from uebench.execution import execution_for
-from uebench.grid.cell import Cell, cell_poison_key, load_cell_data
+from uebench.grid.cell import Cell, load_cell_data, uncached_poisons
 from uebench.grid.config import GridConfig
 from uebench.grid.data_checks import check_cells_against_data
 from uebench.grid.protocols import Protocol
-from uebench.identity import nested_method_specs, poison_key
 from uebench.registry import ARCHS, METHODS
-from uebench.storage.cache import PoisonCache
 from uebench.training import TrainConfig, resolve_device, train
 
 #: Seconds one architecture's probe aims to spend on timed steps.
 PROBE_BUDGET_S = 1.0
-#: Images per step of the probe's first look at an architecture (scaled up to the batch).
+#: Images per step of the probe's first runs (and a quarter of its second small batch).
 PROBE_SMALL_BATCH = 8
 #: A step this many probe budgets long (judged from two small batches) is not timed whole.
 LONG_STEP_BUDGETS = 5
@@ -119,10 +117,9 @@ def probe_step(
     (kernel choices, memory); a step over ``budget`` is read from one more such run, and a
     shorter one from one step subtracted from up to six (each the faster of two runs), so that
     what every run pays once (building the model, fitting a data-dependent layer) is not
-    counted per step.  A small
-    batch's time scaled up would count those fixed costs once per step and read a short step
-    many times too long; the cost per added image cannot stand for a short step either, as a
-    GPU runs a small batch in about the time of a large one.
+    counted per step.  A small batch's time scaled up would count those fixed costs once per
+    step and read a short step many times too long; the cost per added image cannot stand for
+    a short step either, as a GPU runs a small batch in about the time of a large one.
     """
     small = min(batch, PROBE_SMALL_BATCH)
     larger = min(batch, 4 * small)
@@ -175,18 +172,11 @@ def estimate_grid(
     training = fewest = most = 0.0
     seen: set[str] = set()
     crafted = 0
-    caches: dict[str, PoisonCache] = {}
     for cell in todo:
         data = load_cell_data(cell.dataset, cell.data_root, cell.train_size, cell.test_size)
         training += cell_seconds(cell, data, step(cell.arch, data, cell.train))
-        cache = caches.setdefault(cell.cache_dir, PoisonCache(cell.cache_dir))
-        needed = [(cell.method, cell_poison_key(cell, data))]
-        needed += [
-            (spec, poison_key(spec, data.fingerprint(), cell.train.as_dict()))
-            for spec in nested_method_specs(cell.method)
-        ]
-        for spec, key in needed:
-            if key in seen or cache.path(key).exists():
+        for spec, key in uncached_poisons(cell, data):
+            if key in seen:
                 continue
             seen.add(key)
             method = METHODS.resolve(spec).without_common().build()
