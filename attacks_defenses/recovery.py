@@ -32,8 +32,9 @@ from uebench.countermeasure import Countermeasure, TrainingContext, TrainSet
 from uebench.data import stratified_indices, to_float
 from uebench.errors import UebenchError
 from uebench.method import check_fraction
+from uebench.precision import autocast
 from uebench.registry import ARCHS
-from uebench.training import accuracy, autocast, standard_augmentation
+from uebench.training import accuracy, standard_augmentation
 
 
 def trainable(model: nn.Module) -> list[nn.Parameter]:

@@ -21,8 +21,9 @@ import torch.nn.functional as F
 from uebench.data import to_float
 from uebench.datasets import load_dataset
 from uebench.method import CraftContext
+from uebench.precision import autocast
 from uebench.registry import ARCHS, METHODS
-from uebench.training import TrainConfig, autocast, make_optimizer, resolve_device, train
+from uebench.training import TrainConfig, make_optimizer, resolve_device, train
 
 
 def bare_throughput(arch: str, data, config: TrainConfig, device, epochs: int) -> float:

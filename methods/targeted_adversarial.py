@@ -58,9 +58,9 @@ from uebench.data import ImageData, to_float
 from uebench.errors import UebenchError
 from uebench.method import CraftContext, Method, check_eps
 from uebench.poison import Poison, Surrogate
+from uebench.precision import autocast as training_precision
 from uebench.registry import ARCHS
 from uebench.training import TrainConfig, accuracy, fit_to_training_images
-from uebench.training import autocast as training_precision
 
 #: A target rate (fraction) below this is reported: the official attack reaches most targets.
 LOW_TARGET_RATE = 0.5

@@ -52,7 +52,7 @@ class CraftContext:
         self.device = device
         self.progress = progress
         self.cache = cache
-        self.execution = execution if execution is not None else Execution()
+        self.execution = (execution if execution is not None else Execution()).for_crafting()
         self._train_config = train_config if train_config is not None else TrainConfig()
         self._undeclared: str | None = None  # the spec of a method that may not read it
 

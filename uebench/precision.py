@@ -1,4 +1,4 @@
-"""Numeric precision: bf16 autocast for victim training on CUDA, and crafting's own setting.
+"""Numeric precision: bf16 autocast on CUDA, and crafting's own setting.
 
 Apart from :mod:`uebench.crafting` so that poison keys (:mod:`uebench.identity`) can name the
 crafting precision without importing the crafting code.
@@ -20,7 +20,9 @@ CRAFT_PRECISION = "fp32"
 
 
 def autocast(device: torch.device, enabled: bool = True) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA (no loss scaling needed); a no-op on the CPU, where it is slower."""
+    """bf16 autocast on CUDA (no loss scaling needed); a no-op on the CPU, where a victim's
+    precision is an execution choice (:meth:`uebench.execution.Execution.autocast`) and
+    crafting stays fp32."""
     if enabled and device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()

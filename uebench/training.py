@@ -27,7 +27,6 @@ from uebench.countermeasure import Countermeasure, EpochStats
 from uebench.data import to_float
 from uebench.errors import UebenchError
 from uebench.execution import Execution
-from uebench.precision import autocast
 
 #: The fields every cell id has always hashed; recipe fields join an id only when set.
 _BASE_FIELDS = (
@@ -67,7 +66,7 @@ class TrainConfig:
     weight_decay: float = 5e-4
     crop_padding: int | None = None  # None: image side // 8 (4 on 32×32, as the paper)
     flip: bool = True
-    amp: bool = True  # bf16 autocast, only on CUDA
+    amp: bool = True  # bf16 autocast on CUDA and on a CPU with bf16 units (uebench.execution)
     eval_batch_size: int = 1024
     nesterov: bool = False
     schedule: str = "cosine"  # "cosine": per epoch; "triangle": airbench's, per step
@@ -306,7 +305,7 @@ def predict(
         count = len(batch)
         if execution.compile and count < size:
             batch = torch.cat((batch, batch.new_zeros(size - count, *batch.shape[1:])))
-        with autocast(device, amp):
+        with execution.autocast(device, amp):
             logits = tta_logits(forward, execution.inputs(batch), tta)
         out.append(logits[:count].argmax(1).cpu())
     model.train(was_training)
@@ -503,7 +502,7 @@ class TrainingStep:
     def __call__(self, images: torch.Tensor, targets: torch.Tensor, labels: torch.Tensor) -> None:
         """Step on ``images`` toward ``targets`` (labels or soft labels); ``labels`` score the
         training accuracy."""
-        with autocast(self.device, self.config.amp):
+        with self.execution.autocast(self.device, self.config.amp):
             logits = self.forward(self.execution.inputs(images))
             loss = F.cross_entropy(logits.float(), targets, **self.smoothing)
         self.optimizer.zero_grad(set_to_none=True)

@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 from uebench.data import to_float
 from uebench.errors import UebenchError
 from uebench.files import atomic_write
-from uebench.training import autocast
+from uebench.precision import autocast
 
 #: The radii the public code sweeps.
 DEFAULT_ETAS: tuple[float, ...] = (

@@ -250,6 +250,7 @@ class TrainedVictim:
     scores: VictimScores
     best: int  # index into ``history`` of the best epoch
     selected: int  # index into ``history`` of the epoch the countermeasure selects
+    precision: str  # what the victim trained and was evaluated in: "bf16" or "fp32"
 
 
 def run_cell(
@@ -346,6 +347,7 @@ def train_victim(
         scores=scores,
         best=max(range(len(history)), key=lambda i: history[i].test_acc),
         selected=selected,
+        precision=execution.precision(device, cell.train.amp),
     )
 
 
@@ -525,6 +527,7 @@ def victim_fields(victim: TrainedVictim, data: ImageData) -> dict[str, Any]:
         "confusion_matrix": victim.scores.confusion.tolist(),
         "per_class_acc": [None if value != value else value for value in per_class],
         "backdoor_success": victim.scores.backdoor,
+        "victim_precision": victim.precision,
     }
 
 
