@@ -43,7 +43,6 @@ from uebench.registry import ARCHS
 from uebench.training import (
     TrainConfig,
     accuracy,
-    autocast,
     fit_to_training_images,
     make_optimizer,
     resolve_device,
@@ -83,7 +82,7 @@ def bare_throughput(
     model.train()
 
     def step() -> None:
-        with autocast(device, config.amp):
+        with execution.autocast(device, config.amp):
             loss = F.cross_entropy(forward(images).float(), labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

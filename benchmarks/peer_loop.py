@@ -30,8 +30,9 @@ counted by hooks on both sides and must agree.  Each side runs ``--rounds`` time
 two taking turns to go first, and their median speeds are compared.  Before either side it
 times the model's bare forward+backward+step on one resident float batch
 (``benchmarks/fast_cell.py``'s figure), which also warms the process's kernels for both;
-``--compile`` adds that step through ``torch.compile``.  bf16 autocast (``--amp``, CUDA only)
-applies to both sides or neither.
+``--compile`` adds that step through ``torch.compile``.  bf16 autocast (``--amp``: on CUDA, and
+on a CPU with bf16 units, ``uebench.execution``) applies to both sides and the bare step, or to
+none of them.
 """
 
 from __future__ import annotations
@@ -64,7 +65,6 @@ from uebench.execution import Execution, execution_for
 from uebench.training import (
     TrainConfig,
     accuracy,
-    autocast,
     fit_to_training_images,
     make_optimizer,
     resolve_device,
@@ -160,7 +160,8 @@ def peer_train(
     for _ in range(1 if max_batches else config.epochs):
         for x, y in itertools.islice(loader, max_batches):
             x, y = x.to(device), y.to(device)
-            with autocast(device, config.amp):
+            # The precision uebench's trainer runs in (bf16 with --amp where the device has it).
+            with execution_for(device).autocast(device, config.amp):
                 loss = F.cross_entropy(model(x).float(), y)
             optimizer.zero_grad()
             loss.backward()
@@ -225,7 +226,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=0.025)
     parser.add_argument("--weight-decay", type=float, default=5e-4)
-    parser.add_argument("--amp", action="store_true", help="bf16 autocast on both sides (CUDA)")
+    parser.add_argument(
+        "--amp",
+        action="store_true",
+        help="bf16 autocast on both sides (CUDA, a CPU with bf16 units)",
+    )
     parser.add_argument(
         "--threads", type=int, default=None, help="torch threads (default: torch's)"
     )

@@ -13,6 +13,7 @@ from uebench.cli import _parser, main
 from uebench.grid import GridConfig
 from uebench.grid.cell import load_cell_data
 from uebench.grid.estimate import (
+    describe_device,
     describe_duration,
     estimate_grid,
     paper_on_cpu_warning,
@@ -192,3 +193,11 @@ def test_help_leaves_the_protocols_defaults_to_it():
         assert "the protocol's" in flags[name], name
     text = run.format_help()
     assert "0.025" not in text and "default 128" not in text and "paper's" not in text
+
+
+def test_the_line_before_a_grid_says_when_victims_train_in_bf16_on_the_cpu(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.setenv("UEBENCH_CPU_BF16", "1")
+    assert describe_device(cpu, 1) == "cpu with 1 thread, victims in bf16"
+    monkeypatch.setenv("UEBENCH_CPU_BF16", "0")
+    assert describe_device(cpu, 2) == "cpu with 2 threads"

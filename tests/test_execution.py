@@ -63,8 +63,8 @@ def test_the_executions_train_the_same_curve_within_float_noise(data):
 def test_bf16_on_a_cpu_ends_where_fp32_does_within_a_cpus_float_order(data):
     """bf16 rounds every convolution's inputs, so it moves a curve more than a kernel choice
     (on this cell, seeds 0-3: an epoch's accuracy by up to 6.7 points against channels-last's
-    4.0), but not where training ends: over three seeds the mean final accuracy stays within
-    2 points, the least tolerance a reference gives a cell (a CPU's float order alone)."""
+    4.0), but not where training ends on it: over three seeds the mean final accuracy stays
+    within 2 points, the least tolerance a reference gives a cell."""
     fp32 = Execution(channels_last=True)
     bf16 = Execution(channels_last=True, cpu_bf16=True)
     finals = {ex: [curve(data, ex, seed)[-1] for seed in range(3)] for ex in (fp32, bf16)}
@@ -126,7 +126,13 @@ def test_an_evaluation_in_chunks_predicts_the_same_labels(data):
     assert model.training  # handed back in the mode it came in
 
 
-def test_bf16_on_a_cpu_comes_from_the_cpu_then_the_environment(monkeypatch):
+def test_bf16_on_a_cpu_with_bf16_units_unless_the_environment_says(monkeypatch):
+    monkeypatch.delenv(CPU_BF16_ENV, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
+    assert not execution_for(CPU).cpu_bf16  # AVX2 or plain AVX-512: fp32
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    assert execution_for(CPU).cpu_bf16
     monkeypatch.setenv(CPU_BF16_ENV, "1")
     assert execution_for(CPU).cpu_bf16
     assert not execution_for(torch.device("cuda")).cpu_bf16  # CUDA's bf16 is amp's, always

@@ -109,6 +109,26 @@ def whitened_covariance(model: AirbenchNet, x: torch.Tensor) -> torch.Tensor:
     return flat.T @ flat / len(flat)
 
 
+def test_whitening_and_the_first_conv_run_in_fp32_under_bf16_autocast():
+    """Fitted on grayscale images, the filters along colour differences are scaled by about
+    1/sqrt(eps), and a gray image must give them nothing: in bf16 their rounding gave O(1).
+    The convolution reading them stays in fp32 too; the rest of the network takes bf16."""
+    gray = images(64)[:, :1].expand(-1, 3, -1, -1).contiguous()
+    torch.manual_seed(0)
+    model = airbench(10, (3, 8, 8), width=4)
+    model.fit_to_training_images(gray)
+    # 2×2 patches of gray images span 4 of 12 dimensions; the filters come by falling variance.
+    colour = slice(4, 12)
+    seen = []
+    for layer in (model.whiten, model.groups[0].conv1, model.groups[1].conv1):
+        layer.register_forward_hook(lambda _, __, out: seen.append(out))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        model(to_float(gray))
+    out, first, later = seen
+    assert (out.dtype, first.dtype, later.dtype) == (torch.float32, torch.float32, torch.bfloat16)
+    assert float(out[:, colour].abs().max()) < 1e-2 * float(out[:, :4].abs().max())
+
+
 def test_whitening_is_fitted_on_the_images_the_victim_is_given():
     clean = images(64)
     poisoned = (clean.int() + torch.randint(-40, 41, clean.shape)).clamp(0, 255).to(torch.uint8)

@@ -14,16 +14,15 @@ faster (``benchmarks/execution_choices.py``, figures in ``docs/performance.md``)
   affect each other, so the predictions do not depend on it.  On a CPU 128 images at a time
   keep the activations in cache and predicted 1.55× faster than 1024 on ``mini``'s victim
   (``benchmarks/eval_chunks.py``); a GPU takes the whole evaluation batch.
-* bf16 autocast of the victim's training step and evaluation on a CPU that computes bf16
-  natively (AVX512-BF16 or AMX), as ``TrainConfig.amp`` already runs them on CUDA: on such a CPU
-  ``mini``'s CIFAR-10 clean cell trained 1.37× faster on one thread
-  (``benchmarks/cpu_bf16.py``), its accuracy within the seeds' spread.  Elsewhere (AVX2, or
-  AVX-512 without BF16, where oneDNN emulates bf16) the CPU trains in fp32.  Crafting never
-  takes it (:meth:`Execution.for_crafting`): a poison, and the source model it is crafted
-  against, does not depend on the kind of CPU that crafted it.
+* bf16 autocast of the victim's training step and evaluation on a CPU with bf16 units
+  (AVX512-BF16 or AMX), as ``TrainConfig.amp`` runs them on CUDA: there ``mini``'s CIFAR-10
+  cells train about 1.3× faster on one thread (``benchmarks/cpu_bf16.py``).  Other CPUs (AVX2,
+  or AVX-512 without BF16, where oneDNN emulates bf16) train in fp32; ``UEBENCH_CPU_BF16=0``
+  or ``1`` overrides.  Crafting never takes it (:meth:`Execution.for_crafting`): a poison, and
+  the source model it is crafted against, does not depend on the precision its victims train
+  in.
 
-``UEBENCH_CPU_BF16=0`` or ``1`` overrides the CPU's bf16 choice (0: fp32, as on a CPU without
-bf16 units).  ``UEBENCH_COMPILE=0`` or ``1`` (or ``uebench run --compile/--no-compile``)
+``UEBENCH_COMPILE=0`` or ``1`` (or ``uebench run --compile/--no-compile``)
 overrides the compile default; compiled graphs are cached by PyTorch per process and on disk,
 so a grid compiles each shape once.
 """
@@ -51,7 +50,7 @@ CHANNELS_LAST_BY_DEFAULT = {"cpu": True, "cuda": True}
 EVAL_CHUNK_BY_DEFAULT: dict[str, int | None] = {"cpu": 128, "cuda": None}
 #: The environment variable that overrides :data:`COMPILE_BY_DEFAULT`.
 COMPILE_ENV = "UEBENCH_COMPILE"
-#: The environment variable that overrides :func:`cpu_computes_bf16` for victim training.
+#: The environment variable that asks for bf16 victims on a CPU (see the module docstring).
 CPU_BF16_ENV = "UEBENCH_CPU_BF16"
 
 _compiled: weakref.WeakKeyDictionary[nn.Module, Callable[..., torch.Tensor]] = (
@@ -83,7 +82,7 @@ class Execution:
 
     def for_crafting(self) -> Execution:
         """This execution for crafting, source models included: fp32 on every CPU, so that a
-        poison and its cache key do not depend on whether the CPU has bf16 units."""
+        poison and its cache key do not depend on the precision its victims train in."""
         return replace(self, cpu_bf16=False)
 
     def place(self, model: nn.Module, device: torch.device) -> nn.Module:
@@ -121,33 +120,32 @@ class Execution:
 
 def compile_setting(value: bool | None = None) -> bool | None:
     """An explicit choice (``value``), else :data:`COMPILE_ENV`'s, else None (the device's)."""
-    if value is not None:
-        return value
-    text = os.environ.get(COMPILE_ENV, "").strip().lower()
+    return value if value is not None else _switch(COMPILE_ENV)
+
+
+def cpu_computes_bf16() -> bool:
+    """Whether this CPU has bf16 arithmetic units (AVX512-BF16 or AMX), which oneDNN's bf16
+    convolutions use; :data:`CPU_BF16_ENV` overrides the answer."""
+    chosen = _switch(CPU_BF16_ENV)
+    if chosen is not None:
+        return chosen
+    # torch's own probes are private (torch.cpu), hence the fallback to fp32 without them.
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return torch.backends.mkldnn.is_available() and any(
+        getattr(torch.cpu, probe, lambda: False)() for probe in probes
+    )
+
+
+def _switch(name: str) -> bool | None:
+    """The environment variable ``name`` as a yes/no switch; None when unset."""
+    text = os.environ.get(name, "").strip().lower()
     if not text:
         return None
     if text in {"1", "true", "yes", "on"}:
         return True
     if text in {"0", "false", "no", "off"}:
         return False
-    raise UebenchError(f"{COMPILE_ENV} must be 0 or 1, got {text!r}")
-
-
-def cpu_computes_bf16() -> bool:
-    """Whether this CPU has bf16 arithmetic units (AVX512-BF16 or AMX), which oneDNN's bf16
-    convolutions use; :data:`CPU_BF16_ENV` overrides the answer."""
-    text = os.environ.get(CPU_BF16_ENV, "").strip().lower()
-    if text in {"1", "true", "yes", "on"}:
-        return True
-    if text in {"0", "false", "no", "off"}:
-        return False
-    if text:
-        raise UebenchError(f"{CPU_BF16_ENV} must be 0 or 1, got {text!r}")
-    # Private helpers (torch.cpu), hence the fallback: without them the CPU trains in fp32.
-    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return torch.backends.mkldnn.is_available() and any(
-        getattr(torch.cpu, probe, lambda: False)() for probe in probes
-    )
+    raise UebenchError(f"{name} must be 0 or 1, got {text!r}")
 
 
 def execution_for(device: torch.device, compile: bool | None = None) -> Execution:

@@ -236,10 +236,12 @@ def describe_range(seconds: tuple[float, float]) -> str:
 
 
 def describe_device(device: torch.device, threads: int) -> str:
-    """``cpu with 2 threads`` or the GPU's name."""
+    """``cpu with 2 threads`` (``, victims in bf16`` on a CPU with bf16 units) or the GPU's
+    name."""
     if device.type == "cuda":
         return f"{device} ({torch.cuda.get_device_name(device)})"
-    return f"{device.type} with {_plural(threads, 'thread')}"
+    bf16 = ", victims in bf16" if execution_for(device).cpu_bf16 else ""
+    return f"{device.type} with {_plural(threads, 'thread')}{bf16}"
 
 
 def protocol_phrase(config: GridConfig, protocol: Protocol) -> str:
