@@ -14,13 +14,13 @@ faster (``benchmarks/execution_choices.py``, figures in ``docs/performance.md``)
   affect each other, so the predictions do not depend on it.  On a CPU 128 images at a time
   keep the activations in cache and predicted 1.55× faster than 1024 on ``mini``'s victim
   (``benchmarks/eval_chunks.py``); a GPU takes the whole evaluation batch.
-* bf16 autocast of the victim's training step and evaluation on a CPU with bf16 units
-  (AVX512-BF16 or AMX), as ``TrainConfig.amp`` runs them on CUDA: there ``mini``'s CIFAR-10
-  cells train about 1.3× faster on one thread (``benchmarks/cpu_bf16.py``).  Other CPUs (AVX2,
-  or AVX-512 without BF16, where oneDNN emulates bf16) train in fp32; ``UEBENCH_CPU_BF16=0``
-  or ``1`` overrides.  Crafting never takes it (:meth:`Execution.for_crafting`): a poison, and
-  the source model it is crafted against, does not depend on the precision its victims train
-  in.
+* on a CPU, victims train in fp32 unless ``UEBENCH_CPU_BF16=1`` asks for bf16 autocast of the
+  training step and evaluation, as ``TrainConfig.amp`` runs them on CUDA.  On a CPU with bf16
+  units (AVX512-BF16 or AMX) that trained ``mini``'s CIFAR-10 cells 1.2× faster with one thread
+  per process, as ``benchmarks/field_table.py`` runs them, and no faster with two
+  (``benchmarks/cpu_bf16.py``, ``benchmarks/fast_cell.py``), so it is not the default.
+  Crafting never takes it (:meth:`Execution.for_crafting`): a poison, and the source model it
+  is crafted against, does not depend on the precision its victims train in.
 
 ``UEBENCH_COMPILE=0`` or ``1`` (or ``uebench run --compile/--no-compile``)
 overrides the compile default; compiled graphs are cached by PyTorch per process and on disk,
@@ -123,19 +123,6 @@ def compile_setting(value: bool | None = None) -> bool | None:
     return value if value is not None else _switch(COMPILE_ENV)
 
 
-def cpu_computes_bf16() -> bool:
-    """Whether this CPU has bf16 arithmetic units (AVX512-BF16 or AMX), which oneDNN's bf16
-    convolutions use; :data:`CPU_BF16_ENV` overrides the answer."""
-    chosen = _switch(CPU_BF16_ENV)
-    if chosen is not None:
-        return chosen
-    # torch's own probes are private (torch.cpu), hence the fallback to fp32 without them.
-    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return torch.backends.mkldnn.is_available() and any(
-        getattr(torch.cpu, probe, lambda: False)() for probe in probes
-    )
-
-
 def _switch(name: str) -> bool | None:
     """The environment variable ``name`` as a yes/no switch; None when unset."""
     text = os.environ.get(name, "").strip().lower()
@@ -158,5 +145,5 @@ def execution_for(device: torch.device, compile: bool | None = None) -> Executio
         CHANNELS_LAST_BY_DEFAULT.get(device.type, False),
         chosen,
         EVAL_CHUNK_BY_DEFAULT.get(device.type),
-        cpu_bf16=device.type == "cpu" and cpu_computes_bf16(),
+        cpu_bf16=device.type == "cpu" and bool(_switch(CPU_BF16_ENV)),
     )
