@@ -81,16 +81,23 @@ def test_execution_is_not_part_of_a_cell_id():
     assert len(set(ids.values())) == 1
 
 
+def check_switch(monkeypatch, name: str, read) -> None:
+    """``name`` set to 1 turns ``read()`` on, 0 off, anything else is a one-line error."""
+    monkeypatch.setenv(name, "1")
+    assert read()
+    monkeypatch.setenv(name, "0")
+    assert not read()
+    monkeypatch.setenv(name, "sometimes")
+    with pytest.raises(UebenchError, match=f"{name} must be 0 or 1"):
+        read()
+
+
 def test_the_compile_choice_comes_from_the_flag_then_the_environment(monkeypatch):
     monkeypatch.delenv(COMPILE_ENV, raising=False)
     assert execution_for(CPU, True).compile and not execution_for(CPU, False).compile
+    check_switch(monkeypatch, COMPILE_ENV, lambda: execution_for(CPU).compile)
     monkeypatch.setenv(COMPILE_ENV, "1")
-    assert execution_for(CPU).compile and not execution_for(CPU, False).compile
-    monkeypatch.setenv(COMPILE_ENV, "0")
-    assert not execution_for(CPU).compile
-    monkeypatch.setenv(COMPILE_ENV, "sometimes")
-    with pytest.raises(UebenchError, match="UEBENCH_COMPILE must be 0 or 1"):
-        execution_for(CPU)
+    assert not execution_for(CPU, False).compile  # the flag wins
 
 
 def test_a_compiled_model_predicts_a_set_not_divisible_by_the_batch(data):
@@ -129,14 +136,9 @@ def test_an_evaluation_in_chunks_predicts_the_same_labels(data):
 def test_bf16_on_a_cpu_only_when_the_environment_asks(monkeypatch):
     monkeypatch.delenv(CPU_BF16_ENV, raising=False)
     assert not execution_for(CPU).cpu_bf16
+    check_switch(monkeypatch, CPU_BF16_ENV, lambda: execution_for(CPU).cpu_bf16)
     monkeypatch.setenv(CPU_BF16_ENV, "1")
-    assert execution_for(CPU).cpu_bf16
     assert not execution_for(torch.device("cuda")).cpu_bf16  # CUDA's bf16 is amp's, always
-    monkeypatch.setenv(CPU_BF16_ENV, "0")
-    assert not execution_for(CPU).cpu_bf16
-    monkeypatch.setenv(CPU_BF16_ENV, "maybe")
-    with pytest.raises(UebenchError, match="UEBENCH_CPU_BF16 must be 0 or 1"):
-        execution_for(CPU)
 
 
 def test_a_victim_trains_in_bf16_on_such_a_cpu_and_crafting_never_does(data):
