@@ -1,10 +1,12 @@
-"""How a model runs on its device: memory format, compilation and evaluation batches, never
-what it computes.
+"""How a model runs on its device: memory format, compilation, evaluation batches and a CPU
+victim's precision, never what it computes.
 
-All three are execution details, like the number of threads: a cell's id ignores them, and
+All four are execution details, like the number of threads: a cell's id ignores them, and
 ``tests/test_execution.py`` trains the same cell each way and compares its accuracy and
-per-epoch curve within float noise.  Each device type gets the choice its benchmark measured
-faster (``benchmarks/execution_choices.py``, figures in ``docs/performance.md``):
+per-epoch curve within float noise (bf16: its mean final accuracy over three seeds, within the
+2 points a reference allows; each record states the precision).  Each device type gets the
+choice its benchmark measured faster (``benchmarks/execution_choices.py``, figures in
+``docs/performance.md``):
 
 * channels-last memory (NHWC): oneDNN's CPU convolutions and cuDNN's tensor-core kernels both
   prefer it;
