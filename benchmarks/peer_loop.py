@@ -31,8 +31,8 @@ two taking turns to go first, and their median speeds are compared.  Before eith
 times the model's bare forward+backward+step on one resident float batch
 (``benchmarks/fast_cell.py``'s figure), which also warms the process's kernels for both;
 ``--compile`` adds that step through ``torch.compile``.  bf16 autocast (``--amp``: on CUDA, and
-on a CPU with bf16 units, ``uebench.execution``) applies to both sides and the bare step, or to
-none of them.
+on a CPU with ``UEBENCH_CPU_BF16=1``, ``uebench.execution``) applies to both sides and the bare
+step, or to none of them.
 """
 
 from __future__ import annotations
@@ -157,11 +157,12 @@ def peer_train(
     fit_to_training_images(model, data.x_train.to(device))
     optimizer, scheduler = make_optimizer(model, config)
     model.train()
+    # The precision uebench's trainer runs in (bf16 with --amp: CUDA; CPU with UEBENCH_CPU_BF16=1).
+    precision = execution_for(device)
     for _ in range(1 if max_batches else config.epochs):
         for x, y in itertools.islice(loader, max_batches):
             x, y = x.to(device), y.to(device)
-            # The precision uebench's trainer runs in (bf16 with --amp where the device has it).
-            with execution_for(device).autocast(device, config.amp):
+            with precision.autocast(device, config.amp):
                 loss = F.cross_entropy(model(x).float(), y)
             optimizer.zero_grad()
             loss.backward()
@@ -229,7 +230,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--amp",
         action="store_true",
-        help="bf16 autocast on both sides (CUDA, a CPU with bf16 units)",
+        help="bf16 autocast on both sides (CUDA; a CPU with UEBENCH_CPU_BF16=1)",
     )
     parser.add_argument(
         "--threads", type=int, default=None, help="torch threads (default: torch's)"

@@ -133,6 +133,15 @@ def test_an_evaluation_in_chunks_predicts_the_same_labels(data):
     assert model.training  # handed back in the mode it came in
 
 
+def test_a_bad_switch_is_refused_when_the_grid_is_planned(monkeypatch, tmp_path):
+    for name in (COMPILE_ENV, CPU_BF16_ENV):
+        monkeypatch.setenv(name, "maybe")
+        with pytest.raises(UebenchError, match=f"{name} must be 0 or 1"):
+            GridConfig(methods=["clean"], out=str(tmp_path / "run")).cells()
+        monkeypatch.delenv(name)
+    assert not (tmp_path / "run").exists()
+
+
 def test_bf16_on_a_cpu_only_when_the_environment_asks(monkeypatch):
     monkeypatch.delenv(CPU_BF16_ENV, raising=False)
     assert not execution_for(CPU).cpu_bf16

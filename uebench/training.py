@@ -66,7 +66,7 @@ class TrainConfig:
     weight_decay: float = 5e-4
     crop_padding: int | None = None  # None: image side // 8 (4 on 32×32, as the paper)
     flip: bool = True
-    amp: bool = True  # bf16 autocast on CUDA and on a CPU with bf16 units (uebench.execution)
+    amp: bool = True  # bf16 autocast on CUDA, and on a CPU with UEBENCH_CPU_BF16=1 (execution)
     eval_batch_size: int = 1024
     nesterov: bool = False
     schedule: str = "cosine"  # "cosine": per epoch; "triangle": airbench's, per step

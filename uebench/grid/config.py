@@ -15,6 +15,7 @@ import tomllib
 
 from uebench.countermeasure import build_countermeasure
 from uebench.errors import UebenchError, plugin_errors
+from uebench.execution import execution_for
 from uebench.files import check_writable, os_error_line
 from uebench.grid.cell import Cell
 from uebench.grid.protocols import GRID_KEYS, Protocol, resolve_protocol
@@ -200,7 +201,9 @@ class GridConfig:
         archs = self.archs if self.archs is not None else list(protocol.archs)
         self._check_size(len(methods), len(defenses), len(archs))
         _check_specs([spec for _, spec in methods], [spec for _, spec in defenses], archs)
-        resolve_device(self.device)
+        # The execution's switches (UEBENCH_COMPILE, UEBENCH_CPU_BF16) are checked here too,
+        # before any folder is made.
+        execution_for(resolve_device(self.device), self.compile)
         config = self.train_config()
         cache_dir = str(self.cache_folder())
         cells: dict[str, Cell] = {}

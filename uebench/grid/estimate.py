@@ -236,8 +236,8 @@ def describe_range(seconds: tuple[float, float]) -> str:
 
 
 def describe_device(device: torch.device, threads: int) -> str:
-    """``cpu with 2 threads`` (``, victims in bf16`` on a CPU with bf16 units) or the GPU's
-    name."""
+    """``cpu with 2 threads`` (``, victims in bf16`` when ``UEBENCH_CPU_BF16=1`` asks) or the
+    GPU's name."""
     if device.type == "cuda":
         return f"{device} ({torch.cuda.get_device_name(device)})"
     bf16 = ", victims in bf16" if execution_for(device).cpu_bf16 else ""
