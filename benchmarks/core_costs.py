@@ -1,6 +1,6 @@
 """Measure the core's costs (a script, not a test).
 
-1. Trainer throughput: images/s of ``uebench.training.train`` (uint8 → float, batched kornia
+1. Trainer throughput: images/s of ``uebench.training.train`` (uint8 → float, batched
    crop+flip, cross-entropy, SGD) as a ratio of the bare model's forward+backward+step on the
    same batches already in float (the physical limit).  Goal ≥ 0.9.
 2. Crafting cost: time to craft ``emin`` class-wise and sample-wise noise as a ratio of one

@@ -55,6 +55,7 @@ run)
         nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
         python3 -c "import torch; print('torch', torch.__version__)"
         python3 -m pytest -q -m gpu tests/ || true
+        python3 benchmarks/batch_augment.py --device cuda --rounds 3
         python3 benchmarks/fast_cell.py --data-root .gpu/cifar10 --compile
         timeout 300 python3 benchmarks/field_table.py --data-root .gpu/cifar10 --protocol fast \
             --workers 1 --out /tmp/field-table-fast || echo "field table: stopped at 300 s"

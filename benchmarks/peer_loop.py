@@ -183,7 +183,7 @@ def uebench_train(
     """Train ``model`` with ``uebench.training.train`` as a cell runs it (``execution``: the
     device's memory format and compile choice), no evaluation; the seconds it took (compiling
     included)."""
-    torch.manual_seed(seed)  # kornia's crops and flips
+    torch.manual_seed(seed)  # the batched crops and flips (uebench.batch_augment)
     sync(device)
     started = time.perf_counter()
     train(

@@ -109,6 +109,8 @@ def test_peer_loop_names_a_missing_data_root_in_one_line(monkeypatch, tmp_path):
     [
         ("eval_chunks.py", ["--rounds", "0"], "--rounds must be at least 1, got 0"),
         ("whitening_freeze.py", ["--batch-size", "0"], "--batch-size must be at least 1, got 0"),
+        ("batch_augment.py", ["--batch-sizes", "8,x"], "must be positive integers, got '8,x'"),
+        ("batch_augment.py", ["--rounds", "0"], "--rounds must be at least 1, got 0"),
         (
             "estimate_accuracy.py",
             ["--records", "x", "--rounds", "0"],
@@ -140,3 +142,23 @@ def test_the_estimate_benchmark_needs_a_finished_table_before_any_timing(tmp_pat
         f"estimate_accuracy: no cell records in {tmp_path / 'cells'}; run field_table.py"
     )
     assert done.stdout == ""
+
+
+def test_the_augmentation_benchmark_times_both_pipelines():
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(BENCHMARKS / "batch_augment.py"),
+            "--batch-sizes",
+            "8",
+            "--batches",
+            "1",
+            "--rounds",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert re.search(r"batch 8: median [0-9.]+× faster than kornia", done.stdout)

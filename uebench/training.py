@@ -18,11 +18,11 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, fields
 
-import kornia.augmentation as K
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from uebench.batch_augment import BatchCropFlip
 from uebench.countermeasure import Countermeasure, EpochStats
 from uebench.data import to_float
 from uebench.errors import UebenchError
@@ -154,13 +154,9 @@ def standard_augmentation(
 ) -> nn.Module:
     """Random crop with ``pad_mode`` padding + horizontal flip, per sample, on the whole batch."""
     pad = image_side // 8 if padding is None else padding
-    steps: list[nn.Module] = []
-    if pad > 0:
-        mode = "constant" if pad_mode == "zeros" else pad_mode
-        steps.append(K.RandomCrop((image_side, image_side), padding=pad, padding_mode=mode))
-    if flip:
-        steps.append(K.RandomHorizontalFlip())
-    return nn.Sequential(*steps)
+    if pad == 0 and not flip:
+        return nn.Identity()
+    return BatchCropFlip(pad, flip, pad_mode)
 
 
 def triangle(step: int, total_steps: int) -> float:
