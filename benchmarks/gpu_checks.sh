@@ -57,6 +57,8 @@ run)
         python3 -m pytest -q -m gpu tests/ || true
         python3 benchmarks/batch_augment.py --device cuda --rounds 3
         python3 benchmarks/fast_cell.py --data-root .gpu/cifar10 --compile
+        timeout 150 python3 benchmarks/peer_loop.py --data-root .gpu/cifar10 --arch resnet18 \
+            --train-size 15000 --epochs 2 --amp || echo "peer loop: stopped at 150 s"
         timeout 300 python3 benchmarks/field_table.py --data-root .gpu/cifar10 --protocol fast \
             --workers 1 --out /tmp/field-table-fast || echo "field table: stopped at 300 s"
     } 2>&1 | tee "$out/gpu_checks.txt"

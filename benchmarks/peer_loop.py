@@ -16,8 +16,8 @@ lookahead), twice:
    ``RandomCrop(side, padding=4)`` + ``RandomHorizontalFlip()`` + ``ToTensor()``, a
    ``DataLoader(shuffle=True, num_workers=W, pin_memory=False)`` that keeps the last, partial
    batch (``drop_last=False``, the default), and ``x.to(device)`` per batch.  W is the fastest
-   of 0, 1 and 2 workers on a short probe (``--probe-batches`` steps each, worker start-up
-   included; ``--workers`` forces one);
+   of 0, 1, 2, 4, 8 and 16 workers (those up to the CPU count) on a short probe
+   (``--probe-batches`` steps each, worker start-up included; ``--workers`` forces one);
 2. ``uebench.training.train`` with the same settings (crop padding 4, flip; it keeps the last
    partial batch too).
 
@@ -73,8 +73,8 @@ from uebench.training import (
 
 #: The crop's padding on both sides, as the field's CIFAR code pads 32×32 images.
 CROP_PADDING = 4
-#: Worker counts the probe tries when ``--workers`` is not given.
-WORKER_CHOICES = (0, 1, 2)
+#: Worker counts the probe tries when ``--workers`` is not given (those up to the CPU count).
+WORKER_CHOICES = tuple(w for w in (0, 1, 2, 4, 8, 16) if w <= max(os.cpu_count() or 1, 2))
 DEFAULT_DATA_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10"
 
 

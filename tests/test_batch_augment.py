@@ -1,9 +1,11 @@
 """The batched crop and flip: each output is a window of the padded image, mirrored or not,
-at offsets drawn uniformly, and gradients reach the images."""
+at offsets drawn uniformly, the same as kornia's on a CPU, and gradients reach the images."""
 
+import kornia.augmentation as K
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from uebench.batch_augment import BatchCropFlip
 from uebench.training import standard_augmentation
@@ -100,3 +102,26 @@ def test_bad_settings_are_refused():
         BatchCropFlip(-1, flip=True)
     with pytest.raises(ValueError, match="pad_mode"):
         BatchCropFlip(2, flip=True, pad_mode="wrap")
+
+
+@pytest.mark.parametrize(
+    ("padding", "flip", "pad_mode"),
+    [(4, True, "zeros"), (2, False, "reflect"), (0, True, "zeros"), (2, True, "reflect")],
+)
+def test_on_a_cpu_the_crops_and_flips_are_kornias_to_the_pixel(padding, flip, pad_mode):
+    """Same seed, same images out as kornia's RandomCrop + RandomHorizontalFlip, call after
+    call, and the global stream left where kornia leaves it: cells and poisons are unchanged."""
+    steps = []
+    if padding:
+        mode = "constant" if pad_mode == "zeros" else pad_mode
+        steps.append(K.RandomCrop((16, 16), padding=padding, padding_mode=mode))
+    if flip:
+        steps.append(K.RandomHorizontalFlip())
+    kornia_augment, ours = nn.Sequential(*steps), BatchCropFlip(padding, flip, pad_mode)
+    images = torch.rand(37, 3, 16, 16)
+    torch.manual_seed(5)
+    expected = [kornia_augment(images) for _ in range(3)], torch.rand(4)
+    torch.manual_seed(5)
+    got = [ours(images) for _ in range(3)], torch.rand(4)
+    assert all(torch.equal(a, b) for a, b in zip(expected[0], got[0], strict=True))
+    assert torch.equal(expected[1], got[1])

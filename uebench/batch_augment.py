@@ -5,10 +5,12 @@ image out with its own Python slice and reads the crop boxes back to the host (a
 per batch on a GPU), so a batch of N images costs N Python operations.  Here every output pixel's
 source in the padded batch is computed at once and read with one ``gather``, the flip folded
 into the column it reads.  On the project's CPU, one thread, crop after padding 4 + flip of
-CIFAR images: 0.96 ms against kornia's 4.14 ms per batch of 256, 10.1 against 18.4 ms per
-batch of 1024 (``benchmarks/batch_augment.py``); a GPU figure is not yet measured.  Offsets
-are uniform over the 2·padding + 1 positions per axis, as torchvision's and kornia's are, and
-the result is differentiable in the images (crafting sends its noise's gradient through it).
+CIFAR images: 3.9× kornia's speed per batch of 256, 2.1× per batch of 1024
+(``benchmarks/batch_augment.py``); a GPU figure is not yet measured.  Offsets
+are uniform over the 2·padding + 1 positions per axis, drawn as kornia draws them: on a CPU the
+same seed gives kornia's crops and flips to the pixel (so no cell or poison changes); on a GPU
+they are drawn on the device.  The result is differentiable in the images (crafting sends its
+noise's gradient through it).
 """
 
 from __future__ import annotations
@@ -40,11 +42,17 @@ class BatchCropFlip(nn.Module):
         padded = F.pad(images, (pad, pad, pad, pad), mode=self.mode) if pad else images
         rows = torch.arange(height, device=device).view(1, height, 1)
         columns = torch.arange(width, device=device).view(1, 1, width)
+        # The draws kornia makes, in its order (left, top, flip; uniform [0, 1) floats scaled
+        # and floored in float32), so that on a CPU the crops and flips are kornia's to the
+        # pixel; on a GPU they are drawn there, without a host copy.
+        positions = 2 * pad + 1
         if pad:
-            rows = rows + torch.randint(0, 2 * pad + 1, (count, 1, 1), device=device)
-            columns = columns + torch.randint(0, 2 * pad + 1, (count, 1, 1), device=device)
+            left = (torch.rand(count, device=device) * positions).floor().long()
+            top = (torch.rand(count, device=device) * positions).floor().long()
+            rows = rows + top.view(count, 1, 1)
+            columns = columns + left.view(count, 1, 1)
         if self.flip:
-            mirrored = torch.rand(count, 1, 1, device=device) < 0.5
+            mirrored = (torch.rand(count, device=device) < 0.5).view(count, 1, 1)
             # Reading the window's columns right to left mirrors the crop.
             columns = torch.where(mirrored, columns.flip(-1), columns)
         source = (rows * (width + 2 * pad) + columns).reshape(-1, 1, height * width)
