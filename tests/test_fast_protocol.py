@@ -61,6 +61,8 @@ def test_recipe_fields_join_ids_only_when_set():
         TrainConfig(schedule="linear")
     with pytest.raises(UebenchError, match="tta must be 0, 1 or 2"):
         TrainConfig(tta=3)
+    with pytest.raises(UebenchError, match="crop_padding must be >= 0 or unset, got -1"):
+        TrainConfig(crop_padding=-1)
 
 
 def test_fast_protocol_declares_the_recipe_and_airbench_sources():

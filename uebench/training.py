@@ -91,6 +91,8 @@ class TrainConfig:
             raise UebenchError(
                 f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}"
             )
+        if self.crop_padding is not None and not self.crop_padding >= 0:
+            raise UebenchError(f"crop_padding must be >= 0 or unset, got {self.crop_padding!r}")
         if self.pad_mode not in PAD_MODES:
             raise UebenchError(
                 f"pad_mode must be one of {', '.join(PAD_MODES)}, got {self.pad_mode!r}"
